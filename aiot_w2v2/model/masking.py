@@ -39,6 +39,8 @@ def compute_span_mask(
             continue
         span = min(mask_length, n - 1)
         num = max(min_masks, int(mask_prob * n + float(uniform[b])))
+        if n <= mask_length:
+            num = 1  # one span already covers all but one frame
         candidates = n - span + 1
         if no_overlap:
             num = min(num, max(1, n // (span + 1)))

@@ -1,0 +1,30 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both create .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml edge/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.14.1" "torchaudio==2.11.0"
+	$(BIN)/pip install -q -e ./edge
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/aiot-w2v2 demo --out demo_out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check aiot_w2v2 edge tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/pretrain_throughput.py
+
+clean:
+	rm -rf demo_out .pytest_cache

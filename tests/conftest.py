@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny model configs that run in milliseconds on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aiot_w2v2.config import LossConfig, MaskingConfig, ModelConfig
+
+torch.set_num_threads(2)
+
+TINY_CONV = ((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    base = dict(conv_layers=TINY_CONV, embed_dim=32, num_layers=2, ffn_dim=64, num_heads=4, conv_pos=8,
+                conv_pos_groups=4, latent_vars=8, latent_groups=2, final_dim=16, dropout=0.0,
+                attention_dropout=0.0, dropout_input=0.0, dropout_features=0.0, layerdrop=0.0)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+@pytest.fixture
+def tiny_cfg() -> ModelConfig:
+    return tiny_model_config()
+
+
+@pytest.fixture
+def tiny_loss() -> LossConfig:
+    return LossConfig(num_negatives=10)
+
+
+@pytest.fixture
+def tiny_masking() -> MaskingConfig:
+    return MaskingConfig()
