@@ -89,19 +89,28 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], PretrainConfig]:
 
 
 def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (strict)."""
-    from .model import Wav2Vec2ForPreTraining
+    """Rebuild the model a checkpoint describes and load its weights (strict).
+
+    kind "pretraining" -> `Wav2Vec2ForPreTraining`; kind "encoder" (converted encoder-only or CTC
+    sources) -> `Wav2Vec2Model`.
+    """
+    from .model import Wav2Vec2ForPreTraining, Wav2Vec2Model
 
     meta, cfg = read_config(path)
     kind = meta.get("kind", "pretraining")
-    if kind != "pretraining":
+    if kind == "pretraining":
+        model: torch.nn.Module = Wav2Vec2ForPreTraining(cfg.model, cfg.masking, cfg.loss)
+    elif kind == "encoder":
+        model = Wav2Vec2Model(cfg.model)
+    else:
         raise CheckpointError(f"{path}: checkpoint kind '{kind}' is not supported by this loader")
-    model = Wav2Vec2ForPreTraining(cfg.model, cfg.masking, cfg.loss)
     state = load_file(str(Path(path) / WEIGHTS), device=str(map_location))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the config (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
-    model.set_num_updates(int(meta.get("step", 0)))
+    if isinstance(model, Wav2Vec2ForPreTraining):
+        model.set_num_updates(int(meta.get("step", 0)))
+    model.to(map_location)  # load_state_dict copies into the CPU-built parameters
     model.eval()
     return model
