@@ -1,0 +1,169 @@
+"""Durable outbox for alerts: an SQLite table that makes MQTT delivery at-least-once.
+
+Every alert is written here (and fsynced) *before* anything tries to publish it, and its row is
+deleted only when the broker acknowledges it (QoS 1 PUBACK). Rows come back in insertion order, so
+alerts raised while the broker was down, or before the daemon was killed, are replayed in the order
+they happened once a connection exists again. Telemetry is never spooled: a stale score is worth
+nothing, a lost alert is a missed fault.
+
+Storage: one SQLite file in WAL mode with `synchronous=FULL`, so a committed row survives a power
+cut (SD cards on a Raspberry Pi do lose power). One connection, guarded by a lock: paho calls back
+from its network thread while the daemon writes from the main thread.
+
+The spool is bounded by `max_rows` and `max_bytes` (payload bytes). When it is full, the *newest*
+alert is refused (not stored) and the oldest unsent ones are kept:
+
+- an accepted row is a promise; dropping the oldest would silently break at-least-once delivery
+  for alerts that were already accepted, while refusing is visible at the moment it happens
+  (a loud warning and the `overflow` counter, which the daemon reports in its health lines);
+- the first alerts of an outage mark when a fault *began*, which is what a maintenance engineer
+  needs; later alerts during a long outage mostly repeat the same condition (the decision
+  engine's cooldown already thins them), and the live state comes back with telemetry anyway;
+- a disk that fills with alerts is a sign the link has been down for a long time, and the
+  operator should find out from the log and counters, not from missing history.
+
+It knows nothing about MQTT, the network or the payload format: rows are (topic, payload, qos).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order, never reused
+    topic    TEXT    NOT NULL,
+    payload  BLOB    NOT NULL,
+    qos      INTEGER NOT NULL,
+    created  REAL    NOT NULL                     -- unix time the row was written
+)
+"""
+
+
+class SpoolError(RuntimeError):
+    """The spool file cannot be opened or written (permissions, disk, not an SQLite file)."""
+
+
+@dataclass(frozen=True)
+class SpoolItem:
+    """One unsent message."""
+
+    row_id: int
+    topic: str
+    payload: bytes
+    qos: int
+    created: float
+
+
+class Spool:
+    """A bounded, thread-safe, crash-safe FIFO of messages waiting for a broker acknowledgement.
+
+    Use as a context manager, or call `close()`. `put` returns the row id, or None when the spool
+    is full (the message is refused, see the module docstring); `delete` removes a row once the
+    broker acknowledged it; `pending` lists rows in insertion order.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], max_rows: int = 10_000, max_bytes: int = 64 << 20) -> None:
+        if max_rows < 1 or max_bytes < 1:
+            raise ValueError(f"spool bounds must be positive, got max_rows={max_rows} max_bytes={max_bytes}")
+        self.path = Path(path)
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.overflow = 0  # messages refused because the spool was full (since this process started)
+        self._lock = threading.Lock()
+        try:
+            if self.path.parent != Path(""):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: autocommit; every statement is its own durable transaction.
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_SCHEMA)
+            rows, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+        except (sqlite3.Error, OSError) as err:
+            raise SpoolError(f"cannot open spool {self.path}: {err}") from err
+        self._rows, self._bytes = int(rows), int(size)
+        if self._rows:
+            log.info("spool %s holds %d unsent message(s) from an earlier run", self.path, self._rows)
+
+    # -- context manager -------------------------------------------------------------------------
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database; unsent rows stay on disk for the next run."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None  # type: ignore[assignment]
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def put(self, topic: str, payload: bytes | str, qos: int = 1) -> int | None:
+        """Store a message durably; returns its row id, or None if the spool is full (refused)."""
+        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        with self._lock:
+            if self._rows + 1 > self.max_rows or self._bytes + len(data) > self.max_bytes:
+                self.overflow += 1
+                log.warning("spool FULL (%d/%d rows, %d/%d bytes): refusing a new message on %s; "
+                            "%d refused so far. The oldest unsent alerts are kept; check the broker link.",
+                            self._rows, self.max_rows, self._bytes, self.max_bytes, topic, self.overflow)
+                return None
+            try:
+                cur = self._db.execute("INSERT INTO outbox (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
+                                       (topic, data, qos, time.time()))
+            except sqlite3.Error as err:
+                raise SpoolError(f"cannot write to spool {self.path}: {err}") from err
+            self._rows += 1
+            self._bytes += len(data)
+            return int(cur.lastrowid)
+
+    def pending(self, limit: int = 100, exclude: set[int] | frozenset[int] = frozenset()) -> list[SpoolItem]:
+        """Up to `limit` unsent rows in insertion order, skipping the row ids in `exclude` (in flight)."""
+        with self._lock:
+            # Fetch enough to cover the excluded ids; the in-flight set is small (bounded by the publisher).
+            rows = self._db.execute("SELECT id, topic, payload, qos, created FROM outbox ORDER BY id LIMIT ?",
+                                    (limit + len(exclude),)).fetchall()
+        items = [SpoolItem(int(r[0]), r[1], bytes(r[2]), int(r[3]), float(r[4])) for r in rows if r[0] not in exclude]
+        return items[:limit]
+
+    def delete(self, row_id: int) -> bool:
+        """Remove an acknowledged row; returns False if it was not there (already deleted)."""
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT LENGTH(payload) FROM outbox WHERE id = ?", (row_id,)).fetchone()
+                if row is None:
+                    return False
+                self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            except sqlite3.Error as err:
+                raise SpoolError(f"cannot delete from spool {self.path}: {err}") from err
+            self._rows -= 1
+            self._bytes -= int(row[0])
+            return True
+
+    def depth(self) -> int:
+        """Number of unsent rows."""
+        with self._lock:
+            return self._rows
+
+    def size_bytes(self) -> int:
+        """Total payload bytes of unsent rows."""
+        with self._lock:
+            return self._bytes
+
+    def __len__(self) -> int:
+        return self.depth()

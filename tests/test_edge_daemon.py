@@ -1,0 +1,206 @@
+"""aiot_edge.daemon / cli as processes: signals, last will, crash + restart, bad input, --once, score, sd_notify.
+
+Daemons run as `python -m aiot_edge.cli run ...` children against a real mosquitto; every child and
+broker is killed at teardown (fixtures in edge_fixtures.py), also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from aiot_edge.cli import main as cli_main
+from edge_fixtures import (  # noqa: F401 - the *_fixture names register fixtures
+    LOUD,
+    SR,
+    FedSource,
+    brokers_fixture,
+    daemon_config,
+    daemons_fixture,
+    edge_config,
+    pattern_signal,
+    run_daemon_fixture,
+    spool_rows,
+    subscribers_fixture,
+    tiny_bundle_fixture,
+    wait_for,
+    write_wav,
+)
+
+CLIENT = "aiot-edge-lab-pi1"
+
+
+def _config(tmp_path: Path, bundle: Path, broker_port: int, **values) -> Path:
+    return edge_config(tmp_path / "edge.yaml", bundle=str(bundle), broker=f"mqtt://127.0.0.1:{broker_port}",
+                       spool={"path": str(tmp_path / "spool.db")}, **values)
+
+
+def test_status_online_then_last_will_on_sigkill(tmp_path, brokers, subscribers, daemons, tiny_bundle) -> None:
+    broker = brokers().start()
+    sub = subscribers(broker, topics="aiot/lab/pi1/status")
+    d = daemons("--config", str(_config(tmp_path, tiny_bundle, broker.port)), "--source", "stdin",
+                stdin=subprocess.PIPE)  # an open, silent pipe: the daemon runs until killed
+    wait_for(lambda: [m for m in sub.on("/status") if m.payload == b"online"], what="status online")
+    d.signal(signal.SIGKILL)
+    d.wait(10)
+    wait_for(lambda: sub.on("/status")[-1].payload == b"offline", what="offline via the last will")
+    log = broker.log_text()
+    assert f"Received DISCONNECT from {CLIENT}" not in log  # no clean goodbye: the broker sent the will
+    late = subscribers(broker, topics="aiot/lab/pi1/status")
+    retained = wait_for(lambda: late.on("/status"), what="retained status")[0]
+    assert retained.retain and retained.payload == b"offline"
+
+
+def test_sigterm_publishes_offline_and_exits_cleanly(tmp_path, brokers, subscribers, daemons, tiny_bundle) -> None:
+    broker = brokers().start()
+    sub = subscribers(broker, topics="aiot/lab/pi1/status")
+    d = daemons("--config", str(_config(tmp_path, tiny_bundle, broker.port)), "--source", "stdin",
+                stdin=subprocess.PIPE)
+    wait_for(lambda: [m for m in sub.on("/status") if m.payload == b"online"], what="status online")
+    d.signal(signal.SIGTERM)
+    assert d.wait(10) == 0, d.log()
+    wait_for(lambda: sub.on("/status")[-1].payload == b"offline", what="status offline")
+    log = broker.log_text()
+    # a normal retained publish of "offline" (7 bytes), then a clean DISCONNECT (so no will)
+    published = re.search(rf"Received PUBLISH from {CLIENT} \(d0, q1, r1, m\d+, 'aiot/lab/pi1/status', "
+                          r"\.\.\. \(7 bytes\)\)", log)
+    assert published, log[-2000:]
+    assert log.index(f"Received DISCONNECT from {CLIENT}") > published.start()
+    assert "stopping reason=SIGTERM" in d.log() and "final counters" in d.log()
+
+
+def test_sigkill_with_broker_down_then_restart_delivers_spool(tmp_path, brokers, subscribers, daemons,
+                                                              tiny_bundle) -> None:
+    broker = brokers()  # not started yet: the broker is down
+    write_wav(tmp_path / "loud.wav", pattern_signal(4))
+    write_wav(tmp_path / "quiet.wav", np.zeros(SR // 2, np.float32))
+    config = str(_config(tmp_path, tiny_bundle, broker.port))
+    first = daemons("--config", config, "--source", f"file:{tmp_path / 'loud.wav'}")
+    wait_for(lambda: spool_rows(tmp_path / "spool.db") == 4, timeout=15, what="4 spooled alerts")
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    assert spool_rows(tmp_path / "spool.db") == 4
+
+    broker.start()
+    sub = subscribers(broker, topics="aiot/+/+/alert")
+    second = daemons("--config", config, "--source", f"file:{tmp_path / 'quiet.wav'}", "--once")
+    assert second.wait(20) == 0, second.log()
+    wait_for(lambda: len(sub.alert_ids()) == 4, what="the 4 alerts spooled before the kill")
+    assert spool_rows(tmp_path / "spool.db") == 0
+    assert "holds 4 unsent message(s) from an earlier run" in second.log()
+    starts = [m.json()["window_start"] for m in sub.on("/alert")]
+    assert starts == sorted(starts)  # replayed in the order they were raised
+
+
+def test_broker_never_up_once_exits_nonzero_and_keeps_alerts(tmp_path, brokers, daemons, tiny_bundle) -> None:
+    broker = brokers()  # never started
+    write_wav(tmp_path / "loud.wav", pattern_signal(2))
+    d = daemons("--config", str(_config(tmp_path, tiny_bundle, broker.port)), "--source",
+                f"file:{tmp_path / 'loud.wav'}", "--once", "--once-timeout", "1.5")
+    assert d.wait(20) == 3
+    log = d.log()
+    assert "--once timed out after 1.5 s with 2 alert(s) still unsent" in log
+    assert "cannot reach broker" in log and "Connection refused" in log
+    assert spool_rows(tmp_path / "spool.db") == 2
+
+
+def test_corrupt_bundle_is_a_clear_error(tmp_path, daemons, tiny_bundle) -> None:
+    bad = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bad)
+    with open(bad / "model.onnx", "r+b") as f:
+        f.seek(20)
+        f.write(b"\xff\xfe\xfd")
+    d = daemons("--bundle", str(bad), "--source", "stdin", "--broker", "mqtt://127.0.0.1:1",
+                "--spool", str(tmp_path / "s.db"))
+    assert d.wait(20) == 2
+    assert "cannot start: corrupt or invalid bundle" in d.log() and "sha256 mismatch" in d.log()
+
+    (bad / "bundle.json").write_text("{ not json")
+    d = daemons("--bundle", str(bad), "--source", "stdin", "--spool", str(tmp_path / "s.db"))
+    assert d.wait(20) == 2 and "not valid JSON" in d.log()
+
+
+def test_broken_wav_in_watched_folder_is_skipped(tmp_path, brokers, subscribers, daemons, tiny_bundle) -> None:
+    broker = brokers().start()
+    sub = subscribers(broker, topics="aiot/+/+/alert")
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "a_broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
+    os.utime(folder / "a_broken.wav", (time.time() - 10, time.time() - 10))  # oldest: processed first
+    write_wav(folder / "b_good.wav", pattern_signal(2))
+    status = tmp_path / "status.json"
+    d = daemons("--config", str(_config(tmp_path, tiny_bundle, broker.port, input={"settle_s": 0.0, "poll_s": 0.05})),
+                "--source", f"folder:{folder}", "--once", "--status-file", str(status))
+    assert d.wait(20) == 0, d.log()
+    wait_for(lambda: len(sub.alert_ids()) == 2, what="alerts from the good file")
+    assert "skipping broken file" in d.log() and "a_broken.wav" in d.log()
+    counters = json.loads(status.read_text())
+    assert counters["files_failed"] == 1 and counters["alerts_delivered"] == 2 and counters["final"] is True
+
+
+def test_8khz_stereo_pcm_on_stdin(tmp_path, brokers, subscribers, daemons, tiny_bundle) -> None:
+    broker = brokers().start()
+    sub = subscribers(broker, topics="aiot/+/+/alert")
+    mono = pattern_signal(3, sr=8000)  # (T,) at 8 kHz
+    stereo = np.stack([mono, mono], axis=1)  # (T, 2): both channels loud together
+    pcm = (stereo * 32767).astype("<i2").tobytes()
+    d = daemons("--config", str(_config(tmp_path, tiny_bundle, broker.port)), "--source", "stdin",
+                "--input-rate", "8000", "--channels", "2", "--once", stdin=subprocess.PIPE)
+    d.proc.stdin.write(pcm)
+    d.proc.stdin.close()
+    assert d.wait(20) == 0, d.log()
+    wait_for(lambda: len(sub.alert_ids()) == 3, what="3 alerts from 8 kHz stereo")
+    assert [m.json()["window_start"] for m in sub.on("/alert")] == pytest.approx([0.1, 0.3, 0.5])
+
+
+def test_config_errors_exit_2_and_name_the_key(tmp_path, daemons, tiny_bundle) -> None:
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text(f"bundle: {tiny_bundle}\nsource: stdin\nspool:\n  max_rows: many\n")
+    d = daemons("--config", str(cfg))
+    assert d.wait(20) == 2 and "spool.max_rows must be an integer" in d.log()
+
+
+def test_sd_notify_ready_watchdog_stopping(tmp_path, monkeypatch, brokers, run_daemon, tiny_bundle) -> None:
+    broker = brokers().start()
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+        monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
+        d = run_daemon(daemon_config(tmp_path, broker, tiny_bundle, health_every_s=0.1), FedSource())
+        got: list[str] = []
+        wait_for(lambda: got.append(sock.recv(4096).decode()) or sum("WATCHDOG=1" in g for g in got) >= 2,
+                 what="watchdog pings")
+        assert got[0] == "READY=1"
+        assert any(g.startswith("STATUS=windows=") for g in got)
+        assert d.stop() == 0
+        wait_for(lambda: got.append(sock.recv(4096).decode()) or "STOPPING=1" in got, what="STOPPING=1")
+
+
+def test_score_cli_reports_bad_files(tmp_path, tiny_bundle, capsys) -> None:
+    good = write_wav(tmp_path / "good.wav", pattern_signal(1))
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not audio")
+    assert cli_main(["score", "--bundle", str(tiny_bundle), "--machine", "fan", "--machine-id", "id_00",
+                     str(good), str(broken)]) == 1
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 3 and [r["anomaly"] for r in rows] == [False, True, False]
+    assert rows[1]["scores"]["peak"] == pytest.approx(LOUD, abs=1e-3) and rows[1]["machine"] == "fan"
+    assert "broken.wav" in err and "1 file(s) failed" in err
+
+    assert cli_main(["score", "--bundle", str(tiny_bundle), str(good)]) == 0  # one-machine bundle: no flags
+    assert cli_main(["score", "--bundle", str(tmp_path / "missing"), str(good)]) == 2
+    sf.write(tmp_path / "x.wav", np.zeros(10, np.float32), SR)  # shorter than a window: padded, still scored
+    assert cli_main(["score", "--bundle", str(tiny_bundle), str(tmp_path / "x.wav")]) == 0

@@ -1,0 +1,110 @@
+"""aiot_edge.spool: insertion order, delete only on ack, durability across reopen, bounds, thread safety."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from aiot_edge.spool import Spool, SpoolError
+
+
+def test_order_preserved_and_pending_skips_inflight(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        ids = [spool.put("t/alert", f"m{i}") for i in range(5)]
+        assert ids == sorted(ids)
+        assert [item.payload for item in spool.pending(10)] == [f"m{i}".encode() for i in range(5)]
+        assert [item.row_id for item in spool.pending(2)] == ids[:2]
+        # rows handed to the client (in flight) are skipped, the rest keep their order
+        assert [item.row_id for item in spool.pending(10, exclude={ids[0], ids[2]})] == [ids[1], ids[3], ids[4]]
+        assert [item.row_id for item in spool.pending(2, exclude={ids[0], ids[1]})] == [ids[2], ids[3]]
+
+
+def test_rows_leave_only_when_deleted(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        a = spool.put("t", b"a")
+        b = spool.put("t", b"b")
+        assert a is not None and b is not None
+        spool.pending(10)  # reading is not acknowledging
+        assert spool.depth() == 2
+        assert spool.delete(b) is True
+        assert spool.delete(b) is False  # a second ack of the same row is harmless
+        assert [i.payload for i in spool.pending(10)] == [b"a"]
+        assert spool.depth() == 1 and spool.size_bytes() == 1
+
+
+def test_survives_reopen_and_settings(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "spool.db"  # the parent folder is created
+    with Spool(path) as spool:
+        first = spool.put("aiot/s/d/alert", '{"event_id": "1"}', qos=1)
+        spool.put("aiot/s/d/alert", '{"event_id": "2"}', qos=1)
+        spool.delete(first)  # type: ignore[arg-type]
+    with Spool(path) as spool:
+        items = spool.pending(10)
+        assert [i.payload for i in items] == [b'{"event_id": "2"}']
+        assert items[0].topic == "aiot/s/d/alert" and items[0].qos == 1 and items[0].created > 0
+        assert spool.depth() == 1
+        later = spool.put("t", "3")
+        assert later is not None and later > items[0].row_id  # ids are never reused: order survives restarts
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_row_bound_refuses_newest_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with Spool(tmp_path / "s.db", max_rows=3) as spool:
+        for i in range(3):
+            assert spool.put("t", f"m{i}") is not None
+        with caplog.at_level(logging.WARNING, logger="aiot_edge.spool"):
+            assert spool.put("t", "m3") is None
+            assert spool.put("t", "m4") is None
+        assert spool.overflow == 2
+        assert "spool FULL" in caplog.text and "refusing" in caplog.text
+        # the oldest unsent alerts are kept
+        assert [i.payload for i in spool.pending(10)] == [b"m0", b"m1", b"m2"]
+        spool.delete(spool.pending(1)[0].row_id)
+        assert spool.put("t", "m5") is not None  # room again after an ack
+
+
+def test_byte_bound(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db", max_rows=100, max_bytes=10) as spool:
+        assert spool.put("t", b"x" * 6) is not None
+        assert spool.put("t", b"y" * 5) is None
+        assert spool.put("t", b"z" * 4) is not None
+        assert spool.size_bytes() == 10 and spool.overflow == 1
+
+
+def test_concurrent_puts_and_deletes(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        def writer(tag: int) -> None:
+            for i in range(25):
+                spool.put("t", f"{tag}-{i}")
+
+        threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert spool.depth() == 100
+        items = spool.pending(300)
+        assert len(items) == 100
+        for tag in range(4):  # each writer's rows stay in its own order
+            mine = [i.payload.decode() for i in items if i.payload.decode().startswith(f"{tag}-")]
+            assert mine == [f"{tag}-{i}" for i in range(25)]
+        deleters = [threading.Thread(target=lambda part=part: [spool.delete(i.row_id) for i in part])
+                    for part in (items[::2], items[1::2])]
+        for t in deleters:
+            t.start()
+        for t in deleters:
+            t.join()
+        assert spool.depth() == 0 and spool.size_bytes() == 0
+
+
+def test_unusable_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-db.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(SpoolError, match="cannot open spool"):
+        Spool(bad)
+    with pytest.raises(ValueError, match="positive"):
+        Spool(tmp_path / "x.db", max_rows=0)
