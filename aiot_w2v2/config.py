@@ -118,6 +118,9 @@ class LossConfig:
     num_negatives: int = 100  # K distractors from the same utterance
     cross_sample_negatives: int = 0  # extra distractors from other clips of the batch
     logit_temp: float = 0.1  # kappa, eq. 3
+    # fairseq gives distractors whose codes equal the positive's a logit of -inf. That makes a collapsed
+    # codebook look perfect (every distractor removed); False keeps them as wrong answers instead.
+    mask_duplicate_negatives: bool = True
     diversity_weight: float = 0.1  # alpha, eq. 2
     feature_penalty_weight: float = 10.0  # L2 penalty on the encoder output
     # Gumbel temperature tau: max(start * decay^step, end)
@@ -259,7 +262,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             if arg is type(None) and value is None:

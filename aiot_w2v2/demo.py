@@ -7,6 +7,7 @@ prints the loss / accuracy / code-perplexity summary with the training-curve PNG
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -29,7 +30,10 @@ def run_demo(out: Path, minutes: float | None = None, seed: int = 0) -> int:
         overrides.append(f"train.max_minutes={minutes}")
     cfg = load_pretrain_config("tiny", overrides)
     print(f"[2/2] pretraining the tiny preset for up to {cfg.train.max_minutes:g} min -> {out / 'run'}")
-    summary = pretrain(cfg, [str(data)], out / "run", progress=True)
+    run = out / "run"
+    if run.exists():  # the demo's own output from an earlier run: start afresh
+        shutil.rmtree(run)
+    summary = pretrain(cfg, [str(data)], run, progress=True)
     print()
     print(f"demo finished in {(time.time() - t0) / 60:.1f} min")
     print(f"  training curves: {out / 'run' / 'training_curves.png'}")

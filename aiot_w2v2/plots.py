@@ -56,10 +56,14 @@ def plot_training_curves(
 
     ax = axes[0, 2]
     ax.plot(*col("accuracy"), label="contrastive accuracy")
+    if "chance_accuracy" in rows[-1]:
+        ax.plot(*col("chance_accuracy"), ls="--", color="tab:orange",
+                label="chance (distractors equal to the positive removed)")
     if num_negatives:
         ax.axhline(1.0 / (num_negatives + 1), ls="--", color="gray", label=f"chance 1/(K+1), K={num_negatives}")
-    ax.set(title="Accuracy on masked frames", xlabel="update", ylabel="accuracy", ylim=(0, 1))
-    ax.legend()
+    top = max([v for v in col("accuracy")[1] if v == v] + [1.0 / (num_negatives + 1) if num_negatives else 0.0])
+    ax.set(title="Accuracy on masked frames", xlabel="update", ylabel="accuracy", ylim=(0, min(1.0, 1.6 * top + 0.02)))
+    ax.legend(fontsize="small")
 
     ax = axes[1, 0]
     ax.plot(*col("code_perplexity"), label="code perplexity")

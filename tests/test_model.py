@@ -52,7 +52,7 @@ def test_padding_does_not_change_an_unpadded_clip(layer_norm_first, mode):
     alone = model.extract_features(short)
     padded = model.extract_features(batch, pad)
     frames = alone[-1].shape[1]
-    for a, b in zip(alone, padded):
+    for a, b in zip(alone, padded, strict=True):
         assert torch.allclose(a[0], b[0, :frames], atol=1e-5), (a[0] - b[0, :frames]).abs().max()
     # the long clip, unpadded in the batch, equals itself alone
     assert torch.allclose(model.extract_features(long)[-1][0], padded[-1][1], atol=1e-5)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conv import conv1d, conv1d_time_major
+
 
 def conv_output_lengths(lengths: Tensor, conv_layers: Sequence[tuple[int, int, int]]) -> Tensor:
     """Frames produced by the conv stack for inputs of `lengths` samples (floor division, no padding)."""
@@ -79,15 +81,22 @@ class ConvLayerBlock(nn.Module):
         else:
             self.norm = None
 
+    @property
+    def time_major(self) -> bool:
+        """Layer-norm blocks work on (B, T, C), where their norm over channels needs no transposes."""
+        return self.norm_kind == "layer_norm"
+
     def forward(self, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        x = self.conv(x)  # (B, C, T')
+        """x (B, C_in, T), or (B, T, C_in) for a time-major block -> the same layout with C_out, T'."""
         if lengths is not None:
             lengths = torch.div(lengths - self.kernel, self.stride, rounding_mode="floor") + 1
             lengths = lengths.clamp(min=0)
-        if self.norm_kind == "group_norm":
-            x = masked_group_norm(x, lengths, self.norm.weight, self.norm.bias, self.norm.eps)
-        elif self.norm_kind == "layer_norm":
-            x = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        if self.time_major:
+            x = self.norm(conv1d_time_major(x, self.conv.weight, self.conv.bias, self.stride))  # (B, T', C)
+        else:
+            x = conv1d(x, self.conv.weight, self.conv.bias, self.stride)  # (B, C, T')
+            if self.norm_kind == "group_norm":
+                x = masked_group_norm(x, lengths, self.norm.weight, self.norm.bias, self.norm.eps)
         return F.gelu(x), lengths
 
 
@@ -117,11 +126,14 @@ class FeatureEncoder(nn.Module):
             raise ValueError(
                 f"clip of {waveform.shape[1]} samples is shorter than the encoder's receptive field "
                 f"({self.receptive_field} samples): it produces no frames")
-        x = waveform[:, None, :]  # (B, 1, S)
+        time_major = self.blocks[0].time_major  # all blocks alike: layer norm in every block or in none
+        x = waveform[:, :, None] if time_major else waveform[:, None, :]  # (B, S, 1) or (B, 1, S)
         frozen = self.grad_mult == 0.0 and self.training
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             for block in self.blocks:
                 x, lengths = block(x, lengths)
+        if time_major:
+            x = x.transpose(1, 2)  # (B, C, T) view
         if self.grad_mult not in (0.0, 1.0) and self.training and x.requires_grad:
             x = GradMultiply.apply(x, self.grad_mult)
         return x, lengths

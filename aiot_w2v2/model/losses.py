@@ -67,18 +67,28 @@ def sample_negative_indices(
     return torch.cat(parts, dim=1)
 
 
-def contrastive_logits(context: Tensor, targets: Tensor, negative_index: Tensor, logit_temp: float) -> tuple[Tensor, Tensor]:
+def contrastive_logits(context: Tensor, targets: Tensor, negative_index: Tensor, logit_temp: float,
+                       mask_duplicates: bool = True) -> tuple[Tensor, Tensor]:
     """Cosine similarities / kappa between each context vector and its target + distractors (eq. 3).
 
     context, targets: (N, D) for the masked frames; negative_index (N, K). Returns logits (N, 1 + K)
     with the positive in column 0, and neg_is_pos (N, K): distractors identical to the positive
-    (same codes), which get -inf so they never count as a wrong answer.
+    (same codes). With `mask_duplicates` (fairseq) they get -inf so they never count as a wrong answer;
+    without, they stay in and a collapsed codebook is as bad as a random one.
     """
-    negatives = targets[negative_index]  # (N, K, D)
-    candidates = torch.cat([targets[:, None, :], negatives], dim=1)  # (N, 1 + K, D)
-    logits = F.cosine_similarity(context.float()[:, None, :], candidates.float(), dim=-1) / logit_temp
-    neg_is_pos = (negatives == targets[:, None, :]).all(-1)  # (N, K)
-    logits[:, 1:] = logits[:, 1:].masked_fill(neg_is_pos, float("-inf"))
+    # Cosine similarity is a dot product of unit vectors (as F.cosine_similarity, eps 1e-8 per norm).
+    # Scoring every context against every masked target with one (N, D) x (D, N) matmul and picking
+    # the candidates out of that matrix is faster than gathering an (N, 1 + K, D) candidate tensor, and
+    # takes N * N floats instead of N * (1 + K) * D.
+    N = targets.shape[0]
+    sim = F.normalize(context.float(), dim=-1, eps=1e-8) @ F.normalize(targets.float(), dim=-1, eps=1e-8).T  # (N, N)
+    candidates = torch.cat([torch.arange(N, device=targets.device)[:, None], negative_index], dim=1)  # (N, 1 + K)
+    logits = sim.gather(1, candidates) / logit_temp
+    # Identical targets get one id, so comparing ids is comparing the rows of `targets` exactly.
+    target_id = torch.unique(targets.detach(), dim=0, return_inverse=True)[1]  # (N,)
+    neg_is_pos = target_id[negative_index] == target_id[:, None]  # (N, K)
+    if mask_duplicates:
+        logits[:, 1:] = logits[:, 1:].masked_fill(neg_is_pos, float("-inf"))
     return logits, neg_is_pos
 
 
@@ -88,12 +98,12 @@ def contrastive_loss(logits: Tensor) -> Tensor:
 
 
 def contrastive_accuracy(logits: Tensor) -> Tensor:
-    """Share of frames whose positive scores strictly highest (ties count as wrong, as fairseq)."""
+    """Share of frames whose positive scores strictly above every distractor (ties count as wrong)."""
     if logits.numel() == 0:
         return logits.new_zeros(())
-    best = logits.argmax(-1) == 0
-    worst = logits.argmin(-1) == 0  # all equal: argmax and argmin both 0
-    return (best & ~worst).float().mean()
+    if logits.shape[1] == 1:
+        return logits.new_ones(())
+    return (logits[:, 0] > logits[:, 1:].max(-1).values).float().mean()
 
 
 def diversity_loss(prob_perplexity: Tensor, num_codevectors: int) -> Tensor:

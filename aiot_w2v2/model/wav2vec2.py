@@ -41,6 +41,7 @@ class PretrainOutput:
     loss: Tensor  # weighted total
     losses: LossParts  # named, unweighted parts
     accuracy: Tensor  # contrastive accuracy over masked frames
+    chance_accuracy: Tensor  # accuracy of a uniform guess: mean of 1 / (1 + distractors not equal to the positive)
     code_perplexity: Tensor
     prob_perplexity: Tensor
     temperature: float
@@ -186,12 +187,15 @@ class Wav2Vec2ForPreTraining(nn.Module):
         # 3. Contrastive task: identify q_t among distractors (eq. 3).
         lc = self.loss_config
         neg_index = sample_negative_indices(clip_index, lc.num_negatives, lc.cross_sample_negatives, generator)
-        logits, neg_is_pos = contrastive_logits(self.final_proj(context[mask]), targets, neg_index, lc.logit_temp)
+        logits, neg_is_pos = contrastive_logits(self.final_proj(context[mask]), targets, neg_index, lc.logit_temp,
+                                                lc.mask_duplicate_negatives)
         losses = LossParts(contrastive_loss(logits), diversity, enc.feature_penalty)
         return PretrainOutput(
             loss=losses.total(lc.diversity_weight, lc.feature_penalty_weight),
             losses=losses,
             accuracy=contrastive_accuracy(logits.detach()),
+            chance_accuracy=(1.0 / (1.0 + (~neg_is_pos).sum(1).float())).mean() if lc.mask_duplicate_negatives
+            else logits.new_tensor(1.0 / logits.shape[1]),
             code_perplexity=code_ppl.detach(),
             prob_perplexity=prob_ppl.detach(),
             temperature=self.temperature,

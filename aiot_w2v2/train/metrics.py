@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 COLUMNS = (
-    "step", "epoch", "loss", "contrastive", "diversity", "feature_penalty", "accuracy", "code_perplexity",
+    "step", "epoch", "loss", "contrastive", "diversity", "feature_penalty", "accuracy", "chance_accuracy",
+    "code_perplexity",
     "prob_perplexity", "temperature", "lr", "negatives_equal_positive", "grad_norm", "loss_scale",
     "updates_per_s", "audio_s_per_s", "masked_frames", "wall_s",
 )
@@ -25,8 +26,8 @@ TB_DIR = "tb"
 # What the loop sums over an interval: n masked frames, batches, audio seconds, updates; loss parts and
 # accuracy weighted by n; perplexities and the distractor share per batch; grad norm per update.
 SUM_KEYS = ("n", "batches", "audio", "updates", "grad_norm", "loss", "contrastive", "diversity", "feature_penalty",
-            "accuracy", "code_perplexity", "prob_perplexity", "negatives_equal_positive")
-FRAME_WEIGHTED = ("loss", "contrastive", "diversity", "feature_penalty", "accuracy")
+            "accuracy", "chance_accuracy", "code_perplexity", "prob_perplexity", "negatives_equal_positive")
+FRAME_WEIGHTED = ("loss", "contrastive", "diversity", "feature_penalty", "accuracy", "chance_accuracy")
 PER_BATCH = ("code_perplexity", "prob_perplexity", "negatives_equal_positive")
 
 
@@ -56,7 +57,9 @@ def interval_row(sums: dict[str, float], seconds: float, world: int,
 class MetricsLog:
     """Append-only CSV (header once) plus optional TensorBoard scalars, one row per log interval."""
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None,
+                 columns: Sequence[str] = COLUMNS) -> None:
+        self.columns = tuple(columns)  # the CSV header (other loops, e.g. CTC fine-tuning, log other numbers)
         self.path = Path(run_dir) / METRICS_CSV
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, float]] = []
@@ -65,12 +68,12 @@ class MetricsLog:
         # Rewrite (fresh run: empty; resume: the rows up to the checkpoint), then append line by line.
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.rows)
         os.replace(tmp, self.path)
         self._fh = open(self.path, "a", newline="")  # closed in close()
-        self._csv = csv.DictWriter(self._fh, fieldnames=COLUMNS, extrasaction="ignore")
+        self._csv = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="ignore")
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported only when used (slow import)
@@ -80,7 +83,7 @@ class MetricsLog:
             self._tb = SummaryWriter(str(Path(run_dir) / TB_DIR), purge_step=purge)
 
     def write(self, row: dict[str, Any]) -> None:
-        clean = {k: float(row[k]) for k in COLUMNS if k in row}
+        clean = {k: float(row[k]) for k in self.columns if k in row}
         self.rows.append(clean)
         self._csv.writerow({k: _fmt(v) for k, v in clean.items()})
         self._fh.flush()

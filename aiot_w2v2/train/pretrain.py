@@ -74,6 +74,7 @@ class PretrainSummary:
     first: dict[str, float]  # loss parts at the first logged update
     final: dict[str, float]  # loss parts at the last logged update
     accuracy: float
+    chance_accuracy: float
     code_perplexity: float
     wall_seconds: float  # of this call
     train_clips: int
@@ -97,7 +98,8 @@ class PretrainSummary:
             f"  loss        {f.get('loss', math.nan):.4f} -> {l.get('loss', math.nan):.4f}   "
             f"(contrastive {l.get('contrastive', math.nan):.4f}, diversity {l.get('diversity', math.nan):.4f}, "
             f"feature penalty {l.get('feature_penalty', math.nan):.4f})",
-            f"  accuracy    {self.accuracy:.3f}   (chance {chance:.3f})",
+            f"  accuracy    {self.accuracy:.3f}   (chance {self.chance_accuracy:.3f} with the distractors equal to "
+            f"the positive removed; 1/(K+1) = {chance:.3f})",
             f"  code ppl    {self.code_perplexity:.1f}   (of G*V = {gv})",
             f"  checkpoint  {self.checkpoint}",
             f"  curves      {Path(self.run_dir) / CURVES_PNG}, metrics.csv{', tb/' if cfg.train.tensorboard else ''}",
@@ -164,7 +166,9 @@ def _run(cfg: PretrainConfig, dirs: list[str], run: Path, resume: bool, show: bo
     # rank draws its own dropout/masking randomness.
     torch.manual_seed(seed)
     raw = Wav2Vec2ForPreTraining(cfg.model, cfg.masking, cfg.loss).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(raw, oc.weight_decay), lr=lr_at(0, oc), betas=oc.betas, eps=oc.eps)
+    # fused: one kernel over all parameters (8% of a BASE-sized CPU step, benchmarks/RESULTS.md)
+    optimizer = torch.optim.AdamW(_param_groups(raw, oc.weight_decay), lr=lr_at(0, oc), betas=oc.betas, eps=oc.eps,
+                                  fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     generator = torch.Generator()  # CPU: the model draws masks, distractors and Gumbel noise on the CPU
     _seed_everything(seed, rank, generator)
@@ -236,8 +240,8 @@ def _run(cfg: PretrainConfig, dirs: list[str], run: Path, resume: bool, show: bo
                 audio = float(batch.lengths.sum()) / cfg.data.sample_rate
                 parts = {k: v * n for k, v in out.losses.as_dict().items()}
                 add(sums, n=n, batches=1, audio=audio, loss=float(out.loss.detach()) * n, **parts,
-                    accuracy=float(out.accuracy) * n, code_perplexity=float(out.code_perplexity),
-                    prob_perplexity=float(out.prob_perplexity),
+                    accuracy=float(out.accuracy) * n, chance_accuracy=float(out.chance_accuracy) * n,
+                    code_perplexity=float(out.code_perplexity), prob_perplexity=float(out.prob_perplexity),
                     negatives_equal_positive=float(out.negatives_equal_positive))
 
         # 2. Normalise by the update's masked frames on all ranks (linear, so before or after the fp16
@@ -293,6 +297,7 @@ def _run(cfg: PretrainConfig, dirs: list[str], run: Path, resume: bool, show: bo
         first={k: logged[0][k] for k in LOSS_PARTS} if logged else {},
         final={k: logged[-1][k] for k in LOSS_PARTS} if logged else {},
         accuracy=logged[-1]["accuracy"] if logged else math.nan,
+        chance_accuracy=logged[-1].get("chance_accuracy", math.nan) if logged else math.nan,
         code_perplexity=logged[-1]["code_perplexity"] if logged else math.nan,
         wall_seconds=time.monotonic() - t_start, train_clips=len(dataset), skipped_files=sum(skipped.values()),
         skipped=skipped, unused_clips=unused, device=str(device), world_size=world,
