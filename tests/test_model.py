@@ -170,3 +170,28 @@ def test_frozen_feature_encoder_gets_no_gradient():
     model = Wav2Vec2ForPreTraining(tiny_model_config(feature_grad_mult=0.0)).train()
     model(torch.randn(2, 8000), generator=torch.Generator().manual_seed(0)).loss.backward()
     assert model.wav2vec2.feature_extractor.blocks[0].conv.weight.grad is None
+
+
+def test_duplicate_distractors_masked_or_kept():
+    from aiot_w2v2.model.losses import contrastive_logits
+
+    targets = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # frames 0 and 1 share a code
+    context = torch.tensor([[1.0, 0.1], [0.9, 0.0], [0.0, 1.0]])
+    neg = torch.tensor([[1, 2], [0, 2], [0, 1]])
+    masked, dup = contrastive_logits(context, targets, neg, 0.1, mask_duplicates=True)
+    kept, _ = contrastive_logits(context, targets, neg, 0.1, mask_duplicates=False)
+    assert dup.tolist() == [[True, False], [True, False], [False, False]]
+    assert torch.isinf(masked[0, 1]) and torch.isfinite(kept).all()
+    assert torch.allclose(kept[0, 1], kept[0, 0])  # a twin scores exactly like the positive: a tie, counted wrong
+    assert contrastive_accuracy(kept)[()] <= contrastive_accuracy(masked)[()]
+
+
+def test_chance_accuracy_accounts_for_removed_duplicates(tiny_cfg):
+    model = Wav2Vec2ForPreTraining(tiny_cfg, MaskingConfig(), LossConfig(num_negatives=10)).eval()
+    out = model(torch.randn(2, 16000), generator=torch.Generator().manual_seed(0))
+    valid = (~torch.isinf(out.logits)).sum(1).float()
+    assert out.chance_accuracy.item() == pytest.approx((1 / valid).mean().item())
+    no_mask = LossConfig(num_negatives=10, mask_duplicate_negatives=False)
+    kept = Wav2Vec2ForPreTraining(tiny_cfg, MaskingConfig(), no_mask)
+    out = kept.eval()(torch.randn(2, 16000), generator=torch.Generator().manual_seed(0))
+    assert out.chance_accuracy.item() == pytest.approx(1 / 11)
