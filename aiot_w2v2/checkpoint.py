@@ -91,13 +91,18 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], PretrainConfig]:
 def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (strict).
 
-    kind "pretraining" -> `Wav2Vec2ForPreTraining`; kind "encoder" (converted encoder-only or CTC
-    sources) -> `Wav2Vec2Model`.
+    kind "pretraining" -> `Wav2Vec2ForPreTraining`; kind "encoder" (converted encoder-only sources)
+    -> `Wav2Vec2Model`; kind "ctc" (fine-tuned), or "encoder" with a CTC head and vocab.json beside it
+    (converted CTC sources) -> `asr.Wav2Vec2ForCTC`.
     """
     from .model import Wav2Vec2ForPreTraining, Wav2Vec2Model
 
     meta, cfg = read_config(path)
     kind = meta.get("kind", "pretraining")
+    if kind == "ctc" or (kind == "encoder" and meta.get("ctc_head") and (Path(path) / "vocab.json").exists()):
+        from .asr.ctc_model import ctc_from_checkpoint
+
+        return ctc_from_checkpoint(Path(path), meta, cfg, map_location)
     if kind == "pretraining":
         model: torch.nn.Module = Wav2Vec2ForPreTraining(cfg.model, cfg.masking, cfg.loss)
     elif kind == "encoder":

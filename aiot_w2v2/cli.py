@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -68,6 +69,54 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_asr_finetune(args: argparse.Namespace) -> int:
+    from .asr.config import load_finetune_config
+    from .asr.finetune import finetune
+    from .asr.librispeech import librispeech_manifest
+
+    cfg = load_finetune_config(args.config, args.set)
+    train = librispeech_manifest(args.librispeech, args.train, min_seconds=cfg.data.min_seconds,
+                                 max_seconds=cfg.data.max_seconds)
+    valid = librispeech_manifest(args.librispeech, args.valid) if args.valid else None
+    finetune(cfg, train, valid, args.init, args.out, resume=args.resume, progress=not args.quiet)
+    return 0
+
+
+def _cmd_asr_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .asr.ctc_model import load_ctc_model
+    from .asr.decode import DecoderUnavailableError, make_decoder
+    from .asr.evaluate import METRICS_JSON, evaluate
+    from .asr.librispeech import librispeech_manifest
+
+    model = load_ctc_model(args.model)
+    try:
+        decoder = make_decoder(model.vocabulary, args.beam, lexicon=args.lexicon, lm=args.lm,
+                               lm_weight=args.lm_weight, word_score=args.word_score)
+    except DecoderUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    manifest = librispeech_manifest(args.librispeech, args.subset)
+    meta = {"model": str(args.model), "librispeech": str(args.librispeech), "subset": args.subset,
+            "decoder": {"beam": args.beam, "lexicon": args.lexicon, "lm": args.lm, "lm_weight": args.lm_weight,
+                        "word_score": args.word_score}}
+    result = evaluate(model, manifest, decoder, out=args.out, batch_seconds=args.batch_seconds, device=args.device,
+                      progress=not args.quiet, meta=meta)
+    print(f"{args.subset}: {result.format()}")
+    print(f"wrote {Path(args.out) / METRICS_JSON}, hypotheses.txt, utterances.csv")
+    if args.verbose:
+        print(json.dumps(result.scores.as_dict(), indent=2))
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from .anomaly.baseline import run_baseline
+
+    run_baseline(args.data, args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -113,15 +162,60 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_embed)
 
+    asr = sub.add_parser("asr", help="speech recognition: CTC fine-tuning and WER evaluation on LibriSpeech")
+    asr_sub = asr.add_subparsers(dest="asr_command", required=True)
+    s = asr_sub.add_parser("finetune", help="fine-tune a CTC head (and the encoder) on LibriSpeech subsets")
+    s.add_argument("--librispeech", required=True, help="ROOT with LibriSpeech/<subset>/... (or LibriSpeech/ itself)")
+    s.add_argument("--train", required=True, help="subset(s), comma-separated, e.g. train-clean-100")
+    s.add_argument("--valid", default=None, help="subset(s) for validation WER, e.g. dev-other")
+    s.add_argument("--init", required=True,
+                   help="pretraining run or checkpoint (ours), HF folder, fairseq .pt, a CTC model, or 'scratch'")
+    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument("--config", default=None, help="preset (asr_tiny, asr_10m, asr_1h, asr_10h, asr_100h, asr_960h) "
+                                                  "or YAML file; default: fairseq base_10m/1h values")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=1e-4")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    s.set_defaults(func=_cmd_asr_finetune)
+
+    s = asr_sub.add_parser("evaluate", help="decode a subset and score WER / CER")
+    s.add_argument("--model", required=True, help="fine-tuning run or CTC checkpoint (ours), HF Wav2Vec2ForCTC "
+                                                  "folder, or fairseq fine-tuned .pt with dict.ltr.txt beside it")
+    s.add_argument("--librispeech", required=True)
+    s.add_argument("--subset", required=True, help="e.g. test-clean, or several comma-separated")
+    s.add_argument("--out", required=True, help="folder for metrics.json, hypotheses.txt, utterances.csv")
+    s.add_argument("--beam", type=int, default=0, help="beam size (0/1: greedy)")
+    s.add_argument("--lexicon", default=None, help="flashlight lexicon (WORD W O R D |) for beam search")
+    s.add_argument("--lm", default=None, help="KenLM model (ARPA or binary): a word LM with --lexicon")
+    s.add_argument("--lm-weight", type=float, default=2.0)
+    s.add_argument("--word-score", type=float, default=0.0, help="score added per word (insertion bonus)")
+    s.add_argument("--batch-seconds", type=float, default=200.0, help="padded audio seconds per batch")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_asr_evaluate)
+
+    s = sub.add_parser("baseline", help="DCASE 2020 Task 2 autoencoder baseline (log-mel, one model per machine)")
+    s.add_argument("--data", required=True, help="DCASE-layout folder (<machine>/train, <machine>/test)")
+    s.add_argument("--out", required=True, help="report folder: results.csv, DCASE csvs, report.html")
+    s.add_argument("--epochs", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_baseline)
+
     s = sub.add_parser("demo", help="the whole pipeline on synthetic machine sounds")
     s.add_argument("--out", default="demo_out")
-    s.add_argument("--minutes", type=float, default=None, help="pretraining budget (default: the tiny preset's)")
+    s.add_argument("--minutes", type=float, default=None,
+                   help="cap on pretraining wall time (default: none; the tiny preset runs 400 updates)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads that spin while waiting made a 2-thread CPU step 2-6x slower whenever anything else
+    # ran on the machine (benchmarks/RESULTS.md); passive waiting costs nothing measurable when idle.
+    # It must be set before torch loads its OpenMP runtime, i.e. before any command imports torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 import aiot_w2v2
 from aiot_w2v2 import checkpoint
+from aiot_w2v2.asr import Wav2Vec2ForCTC
 from aiot_w2v2.config import LossConfig, MaskingConfig, PretrainConfig
 from aiot_w2v2.convert import (
     ConversionError,
@@ -144,7 +145,7 @@ def test_hf_ctc_folder_gives_encoder_head_and_vocab(tmp_path):
     hf.save_pretrained(tmp_path / "ctc")
     tokens = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N"]
     (tmp_path / "ctc" / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    assert isinstance(aiot_w2v2.load_model(tmp_path / "ctc"), Wav2Vec2Model)
+    assert isinstance(aiot_w2v2.load_model(tmp_path / "ctc"), Wav2Vec2ForCTC)  # with its vocab: a CTC model
     encoder, head, vocab = load_foreign_ctc(tmp_path / "ctc")
     assert vocab == tokens
     x = wave()
@@ -339,10 +340,10 @@ def test_fairseq_finetuned_ctc_parity_and_convert(tmp_path):
     assert meta["kind"] == "encoder" and meta["config"]["data"]["normalize"] is True
     assert json.loads((out / "vocab.json").read_text()) == vocab
     assert torch.equal(load_file(str(out / "ctc_head.safetensors"))["weight"], head["weight"])
-    reloaded = aiot_w2v2.load_model(out)
-    assert isinstance(reloaded, Wav2Vec2Model)
+    reloaded = aiot_w2v2.load_model(out)  # encoder + ctc_head.safetensors + vocab.json: a CTC model
+    assert isinstance(reloaded, Wav2Vec2ForCTC) and reloaded.vocab == vocab
     with torch.no_grad():
-        assert torch.equal(reloaded(x), encoder(x))
+        assert torch.equal(reloaded.wav2vec2(x), encoder(x))
 
 
 tripped = []

@@ -8,14 +8,16 @@
     from_hf / to_hf / from_fairseq / from_torchaudio: the per-source mappings (hf.py, fairseq.py, torchaudio.py)
 
 A source with a quantizer head (HF `Wav2Vec2ForPreTraining`, fairseq pretrained) becomes our
-`Wav2Vec2ForPreTraining`; an encoder-only or CTC source becomes our `Wav2Vec2Model` (until our CTC
-model exists, the CTC head comes separately: `load_foreign_ctc`, or `ctc_head.safetensors` +
-`vocab.json` beside a converted checkpoint). Nothing is ever unpickled.
+`Wav2Vec2ForPreTraining`; an encoder-only source our `Wav2Vec2Model`; a CTC source with its
+vocabulary our `asr.Wav2Vec2ForCTC` (`load_foreign`), or encoder + head + vocab separately
+(`load_foreign_ctc`; `convert` writes `ctc_head.safetensors` + `vocab.json` beside the encoder, and
+`load_model` reads that back as a CTC model). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -26,6 +28,8 @@ from .common import ConversionError, Converted, load_pt
 from .fairseq import from_fairseq, is_fairseq_checkpoint
 from .hf import from_hf, to_hf
 from .torchaudio import from_torchaudio, is_torchaudio_checkpoint
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "fairseq", "torchaudio")
 EXPECTED = ("our checkpoint folder (config.json with format 'aiot-w2v2'), a Hugging Face save_pretrained folder "
@@ -56,8 +60,16 @@ def read_foreign(path: str | Path) -> Converted:
 
 def load_foreign(path: str | Path, map_location: str = "cpu") -> nn.Module:
     """Our model for a foreign checkpoint, in eval mode: `Wav2Vec2ForPreTraining` for pretraining
-    checkpoints, `Wav2Vec2Model` for encoder-only and CTC ones (the CTC head: `load_foreign_ctc`)."""
+    checkpoints, `asr.Wav2Vec2ForCTC` for CTC ones with a vocabulary (HF vocab.json, fairseq
+    dict.ltr.txt beside the .pt), `Wav2Vec2Model` for the others (a CTC head without vocabulary is
+    left out with a warning; `load_foreign_ctc` still returns it)."""
     conv = read_foreign(path)
+    if conv.ctc_head is not None:
+        if conv.vocab is not None:
+            from ..asr.ctc_model import ctc_from_converted
+
+            return ctc_from_converted(conv, path).to(map_location)
+        log.warning("%s: a CTC head but no vocabulary (vocab.json / dict.ltr.txt); loading the encoder only", path)
     if isinstance(conv.model, Wav2Vec2ForPreTraining):
         conv.model.set_num_updates(conv.step)
     return conv.model.to(map_location)
