@@ -12,38 +12,27 @@ import os
 from typing import TypeVar
 
 import numpy as np
-import soundfile as sf
 import torch
+from aiot_edge.audio import AudioFormatError, read_mono
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 
-class AudioError(ValueError):
-    """An audio file cannot be used; the message names the file and what is wrong."""
+AudioError = AudioFormatError  # one error type for unusable audio, shared with the edge runtime
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> np.ndarray:
     """Read `path` as float32 mono at `sample_rate`: shape [samples].
 
-    Multi-channel files are averaged over channels; files at another rate are resampled with
-    `torchaudio.functional.resample` (windowed sinc). Raises `AudioError` when the file cannot be
-    read, holds no samples, or holds NaN/Inf samples.
+    Reading, the checks and the channel average are the edge runtime's (`aiot_edge.audio.read_mono`);
+    files at another rate are resampled here with `torchaudio.functional.resample` (windowed sinc).
+    Raises `AudioError` when the file cannot be read, holds no samples, or holds NaN/Inf samples.
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    try:
-        data, file_rate = sf.read(path, dtype="float32", always_2d=True)  # (T, C)
-    except (sf.SoundFileError, RuntimeError, OSError) as err:
-        raise AudioError(f"{path}: cannot read audio ({err})") from err
-    if data.shape[0] == 0 or data.shape[1] == 0:
-        raise AudioError(f"{path}: file holds no samples")
-    bad = int(data.size - np.isfinite(data).sum())
-    if bad:
-        raise AudioError(f"{path}: {bad} of {data.size} samples are NaN or Inf")
-    x = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (T,)
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x, file_rate = read_mono(path)
     if file_rate != sample_rate:
-        x = resample(x, int(file_rate), sample_rate)
+        x = resample(x, file_rate, sample_rate)
     return x
 
 

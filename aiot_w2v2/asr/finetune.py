@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from ..config import to_dict
 from ..train import normalize_gradients
 from ..train import state as train_state
 from ..train.metrics import MetricsLog
-from ..train.pretrain import _amp_dtype, _batch_stream, _seed_everything
+from ..train.pretrain import autocast_dtype, batch_stream, seed_everything
 from ..train.schedule import tri_stage_lr
 from .build import build_model, model_from_checkpoint
 from .config import FinetuneConfig
@@ -45,7 +44,6 @@ from .decode import GreedyDecoder
 from .evaluate import transcribe
 from .wer import score
 
-CHECKPOINT_LAST = "checkpoint_last"
 CHECKPOINT_BEST = "checkpoint_best"
 SUMMARY_JSON = "summary.json"
 COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "frozen", "utterances", "updates_per_s", "audio_s_per_s",
@@ -106,16 +104,12 @@ def finetune(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame | Non
     t_start = time.monotonic()
     cfg.validate()
     run = Path(out)
-    last = run / CHECKPOINT_LAST
-    if not resume and checkpoint.is_checkpoint(last):
-        raise FileExistsError(f"{run} already holds a run ({last}); resume it (--resume) or pick another --out")
-    if resume and not last.exists():
-        warnings.warn(f"nothing to resume in {run}: starting a new run", stacklevel=2)
-        resume = False
+    resume = train_state.claim_run_dir(run, resume)
+    last = run / train_state.CHECKPOINT_LAST
     oc, tc = cfg.optim, cfg.train
     device = torch.device("cuda" if tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available())
                           else "cpu")
-    amp_dtype = _amp_dtype(tc.amp, device)
+    amp_dtype = autocast_dtype(tc.amp, device)
 
     # Model and vocabulary (the same seed gives the same new head).
     torch.manual_seed(tc.seed)
@@ -146,7 +140,7 @@ def finetune(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame | Non
     optimizer = torch.optim.AdamW(params, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     generator = torch.Generator()  # masking and LayerDrop draw on the CPU
-    _seed_everything(tc.seed, 0, generator)
+    seed_everything(tc.seed, 0, generator)
 
     step, epoch, batches_done, best = 0, 0, 0, {"wer": math.inf, "step": -1}
     if resume:
@@ -159,7 +153,7 @@ def finetune(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame | Non
                desc="finetune")
     if resume and progress:
         tqdm.write(f"resuming {run} at update {step} (epoch {epoch}, batch {batches_done})")
-    stream = _batch_stream(loader, epoch, batches_done, 1, device)
+    stream = batch_stream(loader, epoch, batches_done, 1, device)
     sums = {"loss": 0.0, "utts": 0, "audio": 0.0, "updates": 0, "grad_norm": 0.0}
     rows: list[dict[str, float]] = []
     valid_row: dict[str, float] = {}

@@ -52,7 +52,6 @@ from . import state as train_state
 from .metrics import MetricsLog, add, interval_row, postfix
 from .schedule import lr_at
 
-CHECKPOINT_LAST = "checkpoint_last"
 SUMMARY_JSON = "summary.json"
 CURVES_PNG = "training_curves.png"
 LOSS_PARTS = ("loss", "contrastive", "diversity", "feature_penalty")
@@ -128,12 +127,7 @@ def pretrain(
     cfg.validate()
     dirs = [str(data_dirs)] if isinstance(data_dirs, (str, Path)) else [str(d) for d in data_dirs]
     run = Path(out)
-    ckpt_dir = run / CHECKPOINT_LAST
-    if not resume and checkpoint.is_checkpoint(ckpt_dir):
-        raise FileExistsError(f"{run} already holds a run ({ckpt_dir}); resume it (--resume) or pick another --out")
-    if resume and not ckpt_dir.exists():
-        warnings.warn(f"nothing to resume in {run}: starting a new run", stacklevel=2)
-        resume = False
+    resume = train_state.claim_run_dir(run, resume)
     rank, world, device, own_group = _setup_distributed(cfg.train.device)
     try:
         return _run(cfg, dirs, run, resume, progress and rank == 0, stop_after, rank, world, device, t_start)
@@ -144,9 +138,10 @@ def pretrain(
 
 def _run(cfg: PretrainConfig, dirs: list[str], run: Path, resume: bool, show: bool, stop_after: int | None,
          rank: int, world: int, device: torch.device, t_start: float) -> PretrainSummary:
+    ckpt_dir = run / train_state.CHECKPOINT_LAST
     main = rank == 0
     seed, oc, tc = cfg.train.seed, cfg.optim, cfg.train
-    amp_dtype = _amp_dtype(tc.amp, device)
+    amp_dtype = autocast_dtype(tc.amp, device)
 
     # Data: training clips only; test clips would leak into the scorers' evaluation.
     manifest, unreadable, unused = _training_manifest(dirs)
@@ -171,11 +166,11 @@ def _run(cfg: PretrainConfig, dirs: list[str], run: Path, resume: bool, show: bo
                                   fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     generator = torch.Generator()  # CPU: the model draws masks, distractors and Gumbel noise on the CPU
-    _seed_everything(seed, rank, generator)
+    seed_everything(seed, rank, generator)
 
     step, epoch, batches_done, bad = 0, 0, 0, set()
     if resume:
-        saved = train_state.load_checkpoint(run / CHECKPOINT_LAST, cfg, raw, optimizer, scaler, generator, device,
+        saved = train_state.load_checkpoint(ckpt_dir, cfg, raw, optimizer, scaler, generator, device,
                                             rank=rank, world=world)
         step, epoch, batches_done, bad = saved["step"], saved["epoch"], saved["batches_done"], saved["bad_clips"]
         if show:
@@ -193,7 +188,7 @@ def _run(cfg: PretrainConfig, dirs: list[str], run: Path, resume: bool, show: bo
 
     metrics = MetricsLog(run, tensorboard=tc.tensorboard, resume_step=step if resume else None) if main else None
     bar = tqdm(total=oc.max_steps, initial=step, disable=not show, unit="upd", dynamic_ncols=True, desc="pretrain")
-    stream = _batch_stream(loader, epoch, batches_done, world, device)
+    stream = batch_stream(loader, epoch, batches_done, world, device)
     dummy = _dummy_batch(cfg, device) if world > 1 else None
     sums: dict[str, float] = {}  # what the log interval has seen so far (metrics.SUM_KEYS)
 
@@ -271,7 +266,7 @@ def _run(cfg: PretrainConfig, dirs: list[str], run: Path, resume: bool, show: bo
                 metrics.write(row)
                 bar.set_postfix(postfix(row))
         if step % tc.save_every == 0:
-            train_state.save_checkpoint(run / CHECKPOINT_LAST, raw, cfg, optimizer, scaler, generator, device,
+            train_state.save_checkpoint(ckpt_dir, raw, cfg, optimizer, scaler, generator, device,
                                         step=step, epoch=epoch, batches_done=batches_done, bad_clips=bad,
                                         rank=rank, world=world)
             saved_at = step
@@ -286,7 +281,7 @@ def _run(cfg: PretrainConfig, dirs: list[str], run: Path, resume: bool, show: bo
         if metrics is not None:
             metrics.write(row)
     if saved_at != step:
-        train_state.save_checkpoint(run / CHECKPOINT_LAST, raw, cfg, optimizer, scaler, generator, device,
+        train_state.save_checkpoint(ckpt_dir, raw, cfg, optimizer, scaler, generator, device,
                                     step=step, epoch=epoch, batches_done=batches_done, bad_clips=bad,
                                     rank=rank, world=world)
     skipped["failed_to_decode"] = int(_all_sum([float(len(bad))], world, device)[0])
@@ -301,7 +296,7 @@ def _run(cfg: PretrainConfig, dirs: list[str], run: Path, resume: bool, show: bo
         code_perplexity=logged[-1]["code_perplexity"] if logged else math.nan,
         wall_seconds=time.monotonic() - t_start, train_clips=len(dataset), skipped_files=sum(skipped.values()),
         skipped=skipped, unused_clips=unused, device=str(device), world_size=world,
-        checkpoint=str(run / CHECKPOINT_LAST))
+        checkpoint=str(ckpt_dir))
     if main:
         metrics.close()
         _plot(run, cfg)
@@ -349,7 +344,7 @@ def _training_manifest(dirs: list[str]) -> tuple[pd.DataFrame, list[tuple[str, s
     return out, unreadable, unused
 
 
-def _batch_stream(loader: DataLoader, epoch: int, start: int, world: int,
+def batch_stream(loader: DataLoader, epoch: int, start: int, world: int,
                   device: torch.device) -> Iterator[tuple[int, int, list[int], Batch | None]]:
     """Endless (epoch, position in epoch, clip indices, batch) from `start` of `epoch` on.
 
@@ -430,7 +425,7 @@ def _setup_distributed(device_pref: str) -> tuple[int, int, torch.device, bool]:
     return dist.get_rank(), dist.get_world_size(), device, created
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "none":
         return None
     if device.type != "cuda":
@@ -442,7 +437,7 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def _seed_everything(seed: int, rank: int, generator: torch.Generator) -> None:
+def seed_everything(seed: int, rank: int, generator: torch.Generator) -> None:
     """Per-rank streams mixed from (seed, rank, purpose), so ranks and purposes never share one."""
     def mix(purpose: int) -> int:
         return int(np.random.SeedSequence([seed, rank, purpose]).generate_state(1, np.uint32)[0])

@@ -30,6 +30,8 @@ from torch import Tensor
 from .. import checkpoint
 from ..config import PretrainConfig, config_hash, to_dict
 
+CHECKPOINT_LAST = "checkpoint_last"  # the folder a run saves to and resumes from
+
 TENSORS_FILE = "train_state.safetensors"
 JSON_FILE = "train_state.json"
 FORMAT = "aiot-w2v2-train-state"
@@ -181,3 +183,18 @@ def load_checkpoint(ckpt: Path, cfg: PretrainConfig, model: torch.nn.Module, opt
     bad = meta["bad_clips"][rank] if rank < len(meta["bad_clips"]) else []
     return {"step": int(meta["step"]), "epoch": int(meta["epoch"]), "batches_done": batches_done,
             "bad_clips": set(bad)}
+
+
+def claim_run_dir(run: Path, resume: bool) -> bool:
+    """Check `run` before training into it; returns whether to resume.
+
+    A finished or interrupted run is never overwritten: without `resume` an existing checkpoint is an
+    error. With `resume` and nothing there, a new run starts (with a warning).
+    """
+    last = run / CHECKPOINT_LAST
+    if not resume and checkpoint.is_checkpoint(last):
+        raise FileExistsError(f"{run} already holds a run ({last}); resume it (--resume) or pick another --out")
+    if resume and not last.exists():
+        warnings.warn(f"nothing to resume in {run}: starting a new run", stacklevel=3)
+        return False
+    return resume

@@ -35,6 +35,18 @@ def read_audio(path: str | os.PathLike[str], target_sr: int) -> np.ndarray:
     """
     if target_sr <= 0:
         raise ValueError(f"target_sr must be positive, got {target_sr}")
+    x, file_sr = read_mono(path)
+    if file_sr != target_sr:
+        x = resample(x, file_sr, target_sr)
+    return x
+
+
+def read_mono(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    """Read `path` as float32 mono at its own rate: (samples [T], sample rate).
+
+    Raises `AudioFormatError` when the file cannot be read, holds no samples, or holds NaN/Inf.
+    The training side reuses this and resamples with torchaudio instead.
+    """
     try:
         data, file_sr = sf.read(path, dtype="float32", always_2d=True)  # (T, C)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
@@ -44,10 +56,7 @@ def read_audio(path: str | os.PathLike[str], target_sr: int) -> np.ndarray:
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if bad:
         raise AudioFormatError(f"{path}: {bad} of {data.size} samples are NaN or Inf")
-    x = downmix(data)
-    if int(file_sr) != target_sr:
-        x = resample(x, int(file_sr), target_sr)
-    return x
+    return downmix(data), int(file_sr)
 
 
 def downmix(frames: np.ndarray) -> np.ndarray:
