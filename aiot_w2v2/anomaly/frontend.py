@@ -1,0 +1,173 @@
+"""What the anomaly scorers see of a pretrained wav2vec 2.0: one pass over a batch of windows.
+
+`ScoringFrontend` wraps a `Wav2Vec2ForPreTraining` (eval mode, no randomness) and returns
+`WindowFeatures` for waveform windows (B, S):
+
+- `embedding` (B, D): a pooled vector of the layer `embedding_layer` names:
+  `conv<i>`: the log energy of each channel of conv layer i *before* its norm, averaged over the
+  window, plus the standard deviation over time of its (20 ms smoothed) log energy. The pretrained
+  network's norms erase level and, deeper in, most of the spectral balance (benchmarks/RESULTS.md,
+  "Anomaly scoring"); the first conv layer is a learned filter bank whose band energies keep it.
+  `embedding_level="relative"` subtracts the mean over channels (per-window loudness removed).
+  `transformer<i>`: mean and standard deviation over time of hidden state i (0 = Transformer input).
+- `codes` (B, T, G): the quantizer's code per frame and group (argmax, as in evaluation).
+- `context` (B, T, F) and `targets` (B, T, F), unit length: the contrastive prediction of every
+  frame, from the pass in which that frame was masked, and its quantized target. Masks are fixed:
+  pattern p masks the spans `(t // span) % patterns == p`, so `patterns` passes cover every frame.
+- `self_loss` (B, T): the contrastive loss of each frame with every other frame of the window as a
+  distractor (frames with the positive's codes excluded, as fairseq's duplicate masking).
+
+Everything is plain tensor math without data-dependent Python control flow, so the module traces
+to ONNX with dynamic batch and time axes. It knows nothing about machines or fitted statistics.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..model.wav2vec2 import Wav2Vec2ForPreTraining
+
+_EPS = 1e-10
+
+
+@dataclass
+class WindowFeatures:
+    embedding: Tensor  # (B, D)
+    codes: Tensor  # (B, T, G) long
+    context: Tensor  # (B, T, F) unit length
+    targets: Tensor  # (B, T, F) unit length
+    self_loss: Tensor  # (B, T)
+
+
+def parse_layer(name: str, num_conv: int, num_transformer: int) -> tuple[str, int]:
+    """'conv0' -> ('conv', 0); 'transformer4' -> ('transformer', 4); range-checked, clear errors."""
+    m = re.fullmatch(r"(conv|transformer)(\d+)", name)
+    if m is None:
+        raise ValueError(f"embedding_layer {name!r}: expected conv<i> or transformer<i>")
+    kind, i = m.group(1), int(m.group(2))
+    top = num_conv - 1 if kind == "conv" else num_transformer
+    if i > top:
+        raise ValueError(f"embedding_layer {name!r}: the model has {kind}0..{kind}{top}")
+    return kind, i
+
+
+class ScoringFrontend(nn.Module):
+    """Pretrained wav2vec 2.0 -> `WindowFeatures` (deterministic; no gradient needed)."""
+
+    def __init__(self, model: Wav2Vec2ForPreTraining, embedding_layer: str = "conv0",
+                 embedding_level: str = "relative", mask_span: int = 10, mask_patterns: int = 5,
+                 contrastive: bool = True) -> None:
+        super().__init__()
+        if model.quantizer is None:
+            raise ValueError("the scorers need a model with its quantizer (a pretraining checkpoint)")
+        if embedding_level not in ("relative", "absolute"):
+            raise ValueError(f"embedding_level must be 'relative' or 'absolute', got {embedding_level!r}")
+        if mask_span < 1 or mask_patterns < 1:
+            raise ValueError(f"mask_span and mask_patterns must be >= 1, got {mask_span}, {mask_patterns}")
+        self.model = model.eval()
+        w2v = model.wav2vec2
+        self.kind, self.layer = parse_layer(embedding_layer, len(w2v.feature_extractor.blocks),
+                                            len(w2v.encoder.layers))
+        self.relative = embedding_level == "relative"
+        self.mask_span, self.mask_patterns = mask_span, mask_patterns
+        self.contrastive = contrastive  # False: skip the masked passes (context and self_loss are zeros)
+        self.logit_temp = model.loss_config.logit_temp
+        # Smooth conv-layer energies to one value per output frame (20 ms at stride 320).
+        stride = 1
+        for i, (_, _, s) in enumerate(w2v.feature_extractor.conv_layers):
+            stride *= s
+            if i == self.layer:
+                break
+        self.energy_pool = max(1, w2v.feature_extractor.stride // stride) if self.kind == "conv" else 1
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest window the frontend scores: two mask spans of frames."""
+        fe = self.model.wav2vec2.feature_extractor
+        return fe.receptive_field + (2 * self.mask_span - 1) * fe.stride
+
+    def _conv_stack(self, audio: Tensor) -> tuple[Tensor, Tensor | None]:
+        """audio (B, S) -> final conv features (B, T, C) and the chosen layer's pre-norm output (B, T_i, C_i)."""
+        fe = self.model.wav2vec2.feature_extractor
+        time_major = fe.blocks[0].time_major
+        x = audio[:, :, None] if time_major else audio[:, None, :]
+        tap = None
+        for i, block in enumerate(fe.blocks):
+            if time_major:
+                pre = F.conv1d(x.transpose(1, 2), block.conv.weight, block.conv.bias, block.stride).transpose(1, 2)
+                x = F.gelu(block.norm(pre))  # (B, T_i, C_i)
+                pre_tm = pre
+            else:
+                pre = F.conv1d(x, block.conv.weight, block.conv.bias, block.stride)  # (B, C_i, T_i)
+                x = F.gelu(block.norm(pre) if block.norm is not None else pre)
+                pre_tm = pre.transpose(1, 2)
+            if self.kind == "conv" and i == self.layer:
+                tap = pre_tm
+        feats = x if time_major else x.transpose(1, 2)  # (B, T, C)
+        return feats, tap
+
+    def _energy_embedding(self, pre: Tensor) -> Tensor:
+        """pre (B, T_i, C) -> (B, 2C): mean log energy per channel and std over time of its log energy."""
+        e = pre.float().pow(2)
+        mean_log = torch.log(e.mean(1) + _EPS)  # (B, C)
+        if self.relative:
+            mean_log = mean_log - mean_log.mean(1, keepdim=True)
+        smooth = F.avg_pool1d(e.transpose(1, 2), self.energy_pool, self.energy_pool)  # (B, C, T)
+        std_log = torch.log(smooth + _EPS).std(2)  # (B, C)
+        return torch.cat([mean_log, std_log], 1)
+
+    def forward(self, audio: Tensor) -> WindowFeatures:
+        w2v = self.model.wav2vec2
+        feats, tap = self._conv_stack(audio)
+        feats = w2v.layer_norm(feats)  # (B, T, C): quantizer input
+        projected = w2v.post_extract_proj(feats) if w2v.post_extract_proj is not None else feats  # (B, T, D)
+        B, T, _ = feats.shape
+
+        # Targets: hard codes (argmax) of every frame, as the quantizer in evaluation mode.
+        q = self.model.quantizer
+        logits = q.weight_proj(feats).view(B, T, q.num_groups, q.num_vars)  # (B, T, G, V)
+        codes = logits.argmax(-1)  # (B, T, G)
+        onehot = F.one_hot(codes, q.num_vars).to(feats.dtype)  # (B, T, G, V)
+        book = q.codevectors.view(q.num_groups, q.num_vars, -1)  # (G, V, d)
+        quantized = torch.einsum("btgv,gvd->btgd", onehot, book).reshape(B, T, -1)
+        targets = F.normalize(self.model.project_q(quantized), dim=-1, eps=1e-8)  # (B, T, F)
+
+        if self.kind == "conv":
+            embedding = self._energy_embedding(tap)
+        else:
+            h = w2v.encoder(projected, None, num_layers=self.layer)[self.layer]  # (B, T, D)
+            embedding = torch.cat([h.mean(1), h.std(1)], 1)
+        if not self.contrastive:
+            return WindowFeatures(embedding, codes, torch.zeros_like(targets), targets, targets.new_zeros(B, T))
+
+        # Fixed span masks: frame t is masked in pass (t // span) % patterns.
+        t = torch.arange(T, device=audio.device)
+        pattern = torch.div(t, self.mask_span, rounding_mode="floor") % self.mask_patterns  # (T,)
+        context = torch.zeros_like(targets)
+        for p in range(self.mask_patterns):
+            masked = (pattern == p)[None, :, None]  # (1, T, 1)
+            x = torch.where(masked, w2v.mask_emb.to(projected.dtype), projected)
+            c = F.normalize(self.model.final_proj(w2v.encoder(x, None)[-1]), dim=-1, eps=1e-8)
+            context = torch.where(masked, c, context)
+
+        # Self distractors: every other frame of the window whose codes differ from the positive's.
+        sim = torch.bmm(context, targets.transpose(1, 2)) / self.logit_temp  # (B, T, T): context t vs target u
+        same = (codes[:, :, None, :] == codes[:, None, :, :]).all(-1)  # (B, T, T)
+        # The positive is read before masking: ONNX exports diagonal() as a product with an identity
+        # mask, and -inf * 0 would be NaN. Not torch.eye either: onnxruntime has no bool EyeLike.
+        pos = torch.diagonal(sim, dim1=1, dim2=2)  # (B, T)
+        eye = (t[:, None] == t[None, :])[None]  # (1, T, T)
+        sim = sim.masked_fill(same & ~eye, float("-inf"))
+        self_loss = -(pos - torch.logsumexp(sim, dim=2))  # (B, T)
+
+        if self.kind == "conv":
+            embedding = self._energy_embedding(tap)
+        else:
+            h = w2v.encoder(projected, None, num_layers=self.layer)[self.layer]  # (B, T, D)
+            embedding = torch.cat([h.mean(1), h.std(1)], 1)
+        return WindowFeatures(embedding, codes, context, targets, self_loss)

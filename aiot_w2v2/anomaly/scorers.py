@@ -1,0 +1,148 @@
+"""The anomaly scorers: statistics fitted on normal windows, and scores computed from them.
+
+Each scorer is two functions, a fit (numpy/torch on the features of normal training windows of one
+machine ID) and a score (torch, on `WindowFeatures` and the statistics of E machine IDs stacked
+along the first axis). The scores are plain tensor math, so `ScoringModel` traces them to ONNX and
+`fit` uses the very same functions for cross-fitted calibration. Higher = more anomalous.
+
+- `contrastive`       mean (or top fraction) of the fixed-mask contrastive loss, distractors = the
+                      window's own frames (no fitted statistics).
+- `contrastive_bank`  the same, distractors = a fixed bank of quantized targets from normal training
+                      windows of the machine ID (frames with the positive's codes excluded).
+- `code_unigram`      negative log-likelihood of the codes under per-group unigram statistics.
+- `code_bigram`       negative log-likelihood of code transitions t-1 -> t (per group), smoothed
+                      towards the unigram.
+- `code_hist`         Jensen-Shannon divergence between the window's code histogram and the normal one.
+- `knn`               1 - mean cosine similarity to the k nearest normal embeddings (standardised).
+- `mahalanobis`       Mahalanobis distance of the embedding (Ledoit-Wolf covariance, scikit-learn).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from torch import Tensor
+
+from .frontend import WindowFeatures
+
+SCORERS = ("contrastive", "contrastive_bank", "code_unigram", "code_bigram", "code_hist", "knn", "mahalanobis")
+ENSEMBLE = "ensemble"
+
+
+# ---------------------------------------------------------------------------------------------------
+# fitting (one machine ID; arrays from the frontend's features of its normal training windows)
+
+
+def fit_stats(embeddings: np.ndarray, codes: list[np.ndarray], bank_targets: np.ndarray, bank_codes: np.ndarray,
+              num_vars: int, smoothing: float, max_knn: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """embeddings (N, D); codes: per window (T, G) ints; bank_targets (Nb, F), bank_codes (Nb, G).
+
+    Returns the statistics of one machine ID as float32/int64 arrays (see `score_windows`).
+    """
+    if embeddings.shape[0] < 2:
+        raise ValueError("need at least 2 normal windows to fit the scorers")
+    G = codes[0].shape[1]
+    uni = np.full((G, num_vars), smoothing, dtype=np.float64)
+    big = np.zeros((G, num_vars, num_vars), dtype=np.float64)
+    for c in codes:  # (T, G)
+        for g in range(G):
+            uni[g] += np.bincount(c[:, g], minlength=num_vars)
+            np.add.at(big[g], (c[:-1, g], c[1:, g]), 1.0)
+    uni_p = uni / uni.sum(1, keepdims=True)  # (G, V)
+    # Bigram smoothed towards the unigram: p(b | a) = (n_ab + s * V * p(b)) / (n_a + s * V).
+    prior = smoothing * num_vars
+    big_p = (big + prior * uni_p[:, None, :]) / (big.sum(2, keepdims=True) + prior)  # (G, V, V)
+
+    mu, sd = embeddings.mean(0), embeddings.std(0) + 1e-6
+    z = (embeddings - mu) / sd
+    if z.shape[0] > max_knn:
+        z = z[np.sort(rng.choice(z.shape[0], max_knn, replace=False))]
+    bank = z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-8)
+    lw = LedoitWolf().fit(embeddings)
+    return dict(
+        uni_logp=np.log(uni_p).astype(np.float32),
+        big_logp=np.log(big_p).astype(np.float32),
+        hist_ref=uni_p.astype(np.float32),
+        emb_mean=mu.astype(np.float32), emb_std=sd.astype(np.float32),
+        knn_bank=bank.astype(np.float32),
+        maha_mean=lw.location_.astype(np.float32), maha_prec=lw.precision_.astype(np.float32),
+        bank_targets=bank_targets.astype(np.float32), bank_codes=bank_codes.astype(np.int64),
+    )
+
+
+def stack_stats(per_entry: list[dict[str, np.ndarray]]) -> dict[str, Tensor]:
+    """Stack E machine IDs' statistics; banks of different sizes are padded (`*_valid` says which rows count)."""
+    out: dict[str, Tensor] = {}
+    for key in per_entry[0]:
+        arrays = [s[key] for s in per_entry]
+        if key in ("knn_bank", "bank_targets", "bank_codes"):
+            n = max(a.shape[0] for a in arrays)
+            padded = np.zeros((len(arrays), n) + arrays[0].shape[1:], dtype=arrays[0].dtype)
+            valid = np.zeros((len(arrays), n), dtype=bool)
+            for i, a in enumerate(arrays):
+                padded[i, : a.shape[0]] = a
+                valid[i, : a.shape[0]] = True
+            out[key] = torch.from_numpy(padded)
+            if key != "bank_codes":
+                out[key.split("_")[0] + "_valid"] = torch.from_numpy(valid)
+        else:
+            out[key] = torch.from_numpy(np.stack(arrays))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# scoring (torch; features of B windows, statistics of E machine IDs) -> (B, E) per scorer
+
+
+def _aggregate(frame_scores: Tensor, topk: int) -> Tensor:
+    """(..., T) -> (...): mean over frames, or the mean of the `topk` highest."""
+    if topk > 0:
+        return frame_scores.topk(min(topk, frame_scores.shape[-1]), dim=-1).values.mean(-1)
+    return frame_scores.mean(-1)
+
+
+def score_windows(f: WindowFeatures, s: dict[str, Tensor], scorers: tuple[str, ...], logit_temp: float,
+                  knn_k: int = 1, topk: int = 0) -> dict[str, Tensor]:
+    """Every scorer in `scorers` (names from SCORERS) -> (B, E) scores."""
+    B, T, G = f.codes.shape
+    E = s["uni_logp"].shape[0]
+    out: dict[str, Tensor] = {}
+    if "contrastive" in scorers:
+        out["contrastive"] = _aggregate(f.self_loss, topk)[:, None].expand(B, E)
+    if "contrastive_bank" in scorers:
+        pos = (f.context * f.targets).sum(-1) / logit_temp  # (B, T)
+        neg = torch.einsum("btf,enf->bten", f.context, s["bank_targets"]) / logit_temp  # (B, T, E, Nb)
+        # One integer per frame for its G codes, so "same codes" is a single comparison: `.all(-1)` over
+        # the groups exports as Not/Cast/ReduceSum over (B, T, E, Nb, G), 5x this scorer's time in onnxruntime.
+        V = int(s["hist_ref"].shape[-1])
+        radix = torch.tensor([V**g for g in range(G)], device=f.codes.device)  # (G,)
+        frame_key = (f.codes * radix).sum(-1)  # (B, T)
+        bank_key = (s["bank_codes"] * radix).sum(-1)  # (E, Nb)
+        same = frame_key[:, :, None, None] == bank_key[None, None]  # (B, T, E, Nb)
+        neg = neg.masked_fill(same | ~s["bank_valid"][None, None], float("-inf"))
+        lse = torch.logsumexp(torch.cat([pos[:, :, None, None].expand(B, T, E, 1), neg], -1), -1)  # (B, T, E)
+        out["contrastive_bank"] = _aggregate((lse - pos[:, :, None]).permute(0, 2, 1), topk)  # (B, E)
+    gi = torch.arange(G, device=f.codes.device)
+    if "code_unigram" in scorers:
+        lp = s["uni_logp"][:, gi[None, None, :], f.codes]  # (E, B, T, G)
+        out["code_unigram"] = -lp.sum(-1).mean(-1).T
+    if "code_bigram" in scorers:
+        lp = s["big_logp"][:, gi[None, None, :], f.codes[:, :-1], f.codes[:, 1:]]  # (E, B, T-1, G)
+        out["code_bigram"] = -lp.sum(-1).mean(-1).T
+    if "code_hist" in scorers:
+        V = s["hist_ref"].shape[-1]
+        h = torch.nn.functional.one_hot(f.codes, V).float().mean(1)  # (B, G, V)
+        p, q = h[:, None], s["hist_ref"][None]  # (B, 1, G, V), (1, E, G, V)
+        m = 0.5 * (p + q)
+        kl = lambda a, b: (a * (torch.log(a + 1e-12) - torch.log(b + 1e-12))).sum(-1)  # noqa: E731
+        out["code_hist"] = (0.5 * kl(p, m) + 0.5 * kl(q, m)).sum(-1)  # (B, E)
+    if "knn" in scorers:
+        z = (f.embedding[:, None] - s["emb_mean"][None]) / s["emb_std"][None]  # (B, E, D)
+        z = torch.nn.functional.normalize(z, dim=-1, eps=1e-8)
+        sim = torch.einsum("bed,end->ben", z, s["knn_bank"]).masked_fill(~s["knn_valid"][None], -2.0)
+        out["knn"] = 1.0 - sim.topk(knn_k, dim=-1).values.mean(-1)
+    if "mahalanobis" in scorers:
+        d = f.embedding[:, None] - s["maha_mean"][None]  # (B, E, D)
+        out["mahalanobis"] = torch.sqrt(torch.einsum("bed,edk,bek->be", d, s["maha_prec"], d).clamp(min=0.0))
+    return out

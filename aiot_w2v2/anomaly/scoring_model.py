@@ -1,0 +1,209 @@
+"""`ScoringModel`: waveform windows -> one score per (machine ID, scorer), as one `nn.Module`.
+
+The fitted statistics of every machine ID are buffers, so the module is saved with safetensors,
+evaluated by `aiot-w2v2 evaluate` and traced to ONNX by `aiot-w2v2 export` unchanged. Output column
+`e * len(scorers) + j` is machine ID `entries[e]`, scorer `scorers[j]`; `columns` names them
+`"<machine>/<machine_id>/<scorer>"` (the bundle contract, docs/bundle.md).
+
+A model folder (`aiot-w2v2 fit --out MODEL`) holds `scoring.safetensors` (all weights and
+statistics) and `scoring.json` (format, configs, entries, thresholds, calibration, provenance).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ..config import ConfigError, PretrainConfig, from_dict, load_yaml, merge, parse_overrides, to_dict
+from ..model.wav2vec2 import Wav2Vec2ForPreTraining
+from .frontend import ScoringFrontend, WindowFeatures
+from .scorers import ENSEMBLE, SCORERS, score_windows
+
+FORMAT, VERSION = "aiot-w2v2-scoring", 1
+WEIGHTS, META = "scoring.safetensors", "scoring.json"
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How `fit` builds the scorers (YAML-free: defaults here, `--set key=value` overrides)."""
+
+    window_seconds: float = 2.0  # scoring window; clips are cut into windows, a clip's score is their mean
+    hop_seconds: float = 1.0
+    scorers: tuple[str, ...] = SCORERS
+    # z-scored on out-of-fold normal scores and averaged; the pair that did best of all 1-3 member sets on
+    # the default synthetic set, though still below Mahalanobis alone (benchmarks/RESULTS.md)
+    ensemble: tuple[str, ...] = ("mahalanobis", "code_hist")
+    decision_scorer: str = "mahalanobis"  # the column that raises alerts on the edge and decides in evaluate
+    embedding_layer: str = "conv0"  # conv<i> (pre-norm channel energies) or transformer<i> (mean+std)
+    embedding_level: str = "relative"  # conv energies: "relative" removes the window's loudness
+    mask_span: int = 10  # frames per masked span (M)
+    mask_patterns: int = 5  # fixed mask patterns; together they cover every frame
+    contrastive_topk: int = 0  # 0 = mean over frames, k > 0 = mean of the k worst frames
+    bank_frames: int = 1024  # distractor bank per machine ID (contrastive_bank)
+    knn_k: int = 1
+    max_knn_windows: int = 4096
+    code_smoothing: float = 0.5  # additive smoothing of the code counts
+    folds: int = 4  # cross-fitting for calibration and thresholds (folds of training clips)
+    threshold_percentile: float = 0.9  # gamma fit (DCASE baseline)
+    batch_windows: int = 32
+    seed: int = 0
+
+    def validate(self) -> ScoringConfig:
+        unknown = [s for s in self.scorers if s not in SCORERS]
+        if unknown or not self.scorers:
+            raise ConfigError(f"scorers: unknown {unknown} (known: {', '.join(SCORERS)})")
+        for s in self.ensemble:
+            if s not in self.scorers:
+                raise ConfigError(f"ensemble: {s!r} is not among the scorers {list(self.scorers)}")
+        if self.decision_scorer not in self.columns_per_entry():
+            raise ConfigError(f"decision_scorer {self.decision_scorer!r}: one of {self.columns_per_entry()}")
+        if self.window_seconds <= 0 or self.hop_seconds <= 0:
+            raise ConfigError("window_seconds and hop_seconds must be > 0")
+        if self.folds < 2:
+            raise ConfigError(f"folds must be >= 2, got {self.folds}")
+        if not 0 < self.threshold_percentile < 1:
+            raise ConfigError(f"threshold_percentile must be in (0, 1), got {self.threshold_percentile}")
+        for name in ("mask_span", "mask_patterns", "bank_frames", "knn_k", "max_knn_windows", "batch_windows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.contrastive_topk < 0 or self.code_smoothing <= 0:
+            raise ConfigError("contrastive_topk must be >= 0 and code_smoothing > 0")
+        return self
+
+    def needs_contrastive(self) -> bool:
+        """Whether the frontend must run its masked passes (the costly part of scoring)."""
+        return any(s.startswith("contrastive") for s in self.scorers)
+
+    def columns_per_entry(self) -> list[str]:
+        return list(self.scorers) + ([ENSEMBLE] if self.ensemble else [])
+
+
+@dataclass
+class ScoringMeta:
+    """Everything in scoring.json besides the tensors."""
+
+    config: ScoringConfig
+    pretrain: PretrainConfig
+    entries: list[tuple[str, str]]  # (machine, machine_id)
+    sample_rate: int = 16000
+    # entry -> scorer -> {"window": .., "clip": ..} (thresholds) / {"mean": .., "std": ..} (calibration)
+    thresholds: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    calibration: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # provenance: run, config hash, counts, timings
+
+    @property
+    def window(self) -> int:
+        return int(round(self.config.window_seconds * self.sample_rate))
+
+    @property
+    def hop(self) -> int:
+        return int(round(self.config.hop_seconds * self.sample_rate))
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(format=FORMAT, version=VERSION, sample_rate=self.sample_rate, config=to_dict(self.config),
+                    pretrain=to_dict(self.pretrain), entries=[list(e) for e in self.entries],
+                    thresholds=self.thresholds, calibration=self.calibration, info=self.info)
+
+
+def load_scoring_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ScoringConfig:
+    """Defaults, then a YAML file's keys, then `key=value` overrides; unknown keys are errors."""
+    data: dict[str, Any] = load_yaml(path) if path else {}
+    data = merge(data, parse_overrides(overrides))
+    return from_dict(ScoringConfig, data, "scoring").validate()
+
+
+def entry_key(machine: str, machine_id: str) -> str:
+    return f"{machine}/{machine_id}"
+
+
+class ScoringModel(nn.Module):
+    """audio (B, S) float32 at 16 kHz -> scores (B, len(entries) * n_columns), higher = more anomalous."""
+
+    def __init__(self, pretrained: Wav2Vec2ForPreTraining, meta: ScoringMeta, stats: dict[str, Tensor]) -> None:
+        super().__init__()
+        cfg = meta.config
+        self.meta = meta
+        self.frontend = ScoringFrontend(pretrained, cfg.embedding_layer, cfg.embedding_level, cfg.mask_span,
+                                        cfg.mask_patterns, cfg.needs_contrastive())
+        for name, value in stats.items():
+            self.register_buffer(f"stat_{name}", value)
+        self.stat_names = tuple(stats)
+        per_entry = cfg.columns_per_entry()
+        members = [cfg.scorers.index(s) for s in cfg.ensemble]
+        self.register_buffer("ens_index", torch.tensor(members, dtype=torch.long))
+        mean = torch.zeros(len(meta.entries), len(cfg.scorers))
+        std = torch.ones(len(meta.entries), len(cfg.scorers))
+        for e, (machine, machine_id) in enumerate(meta.entries):
+            cal = meta.calibration.get(entry_key(machine, machine_id), {})
+            for j, s in enumerate(cfg.scorers):
+                if s in cal:
+                    mean[e, j], std[e, j] = cal[s]["mean"], max(cal[s]["std"], 1e-8)
+        self.register_buffer("cal_mean", mean)
+        self.register_buffer("cal_std", std)
+        self.columns = [f"{entry_key(m, i)}/{s}" for m, i in meta.entries for s in per_entry]
+
+    def stats(self) -> dict[str, Tensor]:
+        return {name: getattr(self, f"stat_{name}") for name in self.stat_names}
+
+    def head(self, f: WindowFeatures) -> Tensor:
+        """Features of B windows -> (B, E * n_columns)."""
+        cfg = self.meta.config
+        parts = score_windows(f, self.stats(), cfg.scorers, self.frontend.logit_temp, cfg.knn_k, cfg.contrastive_topk)
+        scores = torch.stack([parts[s] for s in cfg.scorers], -1)  # (B, E, S)
+        if cfg.ensemble:
+            z = (scores - self.cal_mean[None]) / self.cal_std[None]
+            scores = torch.cat([scores, z.index_select(2, self.ens_index).mean(-1, keepdim=True)], -1)
+        return scores.flatten(1)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        return self.head(self.frontend(audio))
+
+
+# ---------------------------------------------------------------------------------------------------
+# save / load
+
+
+def save_scoring_model(model: ScoringModel, out: str | Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS))
+    (out / META).write_text(json.dumps(model.meta.to_json(), indent=2) + "\n")
+    return out
+
+
+def read_meta(path: str | Path) -> ScoringMeta:
+    p = Path(path)
+    try:
+        raw = json.loads((p / META).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{p}: not a scoring model (no {META}; make one with `aiot-w2v2 fit`)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p / META}: not valid JSON: {exc}") from exc
+    if raw.get("format") != FORMAT:
+        raise ValueError(f"{p / META}: format {raw.get('format')!r}, expected {FORMAT!r}")
+    if int(raw.get("version", 0)) > VERSION:
+        raise ValueError(f"{p / META}: version {raw['version']} is newer than this aiot-w2v2 reads ({VERSION})")
+    return ScoringMeta(config=from_dict(ScoringConfig, raw["config"], "scoring").validate(),
+                       pretrain=from_dict(PretrainConfig, raw["pretrain"]).validate(),
+                       entries=[(str(m), str(i)) for m, i in raw["entries"]], sample_rate=int(raw["sample_rate"]),
+                       thresholds=raw.get("thresholds", {}), calibration=raw.get("calibration", {}),
+                       info=raw.get("info", {}))
+
+
+def load_scoring_model(path: str | Path) -> ScoringModel:
+    """Rebuild a `ScoringModel` from a folder written by `save_scoring_model` (strict, eval mode)."""
+    p = Path(path)
+    meta = read_meta(p)
+    state = load_file(str(p / WEIGHTS))
+    stats = {k[len("stat_"):]: v for k, v in state.items() if k.startswith("stat_")}
+    pc = meta.pretrain
+    model = ScoringModel(Wav2Vec2ForPreTraining(pc.model, pc.masking, pc.loss), meta, stats)
+    model.load_state_dict(state, strict=True)
+    return model.eval()

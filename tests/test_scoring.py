@@ -1,0 +1,236 @@
+"""Anomaly scorers, ScoringModel, `fit` and `evaluate` on a tiny random model and tiny synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from sklearn.covariance import LedoitWolf
+
+from aiot_w2v2.anomaly.clips import ClipTooShort, clip_windows
+from aiot_w2v2.anomaly.evaluate import evaluate
+from aiot_w2v2.anomaly.fit import extract, fit_scoring
+from aiot_w2v2.anomaly.frontend import ScoringFrontend
+from aiot_w2v2.anomaly.scorers import score_windows, stack_stats
+from aiot_w2v2.anomaly.scoring_model import ScoringConfig, load_scoring_config, load_scoring_model
+from aiot_w2v2.checkpoint import save_pretrained
+from aiot_w2v2.cli import main as cli_main
+from aiot_w2v2.config import ConfigError, LossConfig, PretrainConfig
+from aiot_w2v2.model import Wav2Vec2ForPreTraining
+from aiot_w2v2.synth import generate_dataset
+
+from conftest import tiny_model_config
+
+CFG = ScoringConfig(window_seconds=1.0, hop_seconds=0.5, folds=2, bank_frames=64, max_knn_windows=64)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    generate_dataset(root, machines=["fan", "valve"], ids_per_machine=1, n_train=5, n_test_normal=2,
+                     n_test_anomaly=2, seconds=2.0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    cfg = PretrainConfig(model=tiny_model_config(extractor_mode="layer_norm", conv_bias=True),
+                         loss=LossConfig(num_negatives=0, cross_sample_negatives=10))
+    model = Wav2Vec2ForPreTraining(cfg.model, cfg.masking, cfg.loss)
+    root = tmp_path_factory.mktemp("run")
+    save_pretrained(model, cfg, root / "checkpoint_last")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted(run: Path, data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fitted") / "model"
+    fit_scoring(run, data, out, CFG, progress=False)
+    return out
+
+
+def test_fit_saves_a_model_that_reloads_to_the_same_scores(fitted: Path, data: Path) -> None:
+    model = load_scoring_model(fitted)
+    meta = json.loads((fitted / "scoring.json").read_text())
+    assert meta["format"] == "aiot-w2v2-scoring" and meta["entries"] == [["fan", "id_00"], ["valve", "id_00"]]
+    per_entry = CFG.columns_per_entry()
+    assert model.columns == [f"{m}/id_00/{s}" for m in ("fan", "valve") for s in per_entry]
+    for key in ("fan/id_00", "valve/id_00"):
+        assert set(meta["thresholds"][key]) == set(per_entry)
+        assert all(np.isfinite([v["window"], v["clip"]]).all() for v in meta["thresholds"][key].values())
+        assert meta["info"]["counts"][key]["clips"] == 5
+    x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
+    with torch.inference_mode():
+        a, b = model(x), load_scoring_model(fitted)(x)
+        one = model(x[:1])
+    assert a.shape == (x.shape[0], len(model.columns)) and torch.isfinite(a).all()
+    assert torch.equal(a, b)  # deterministic, and saved/loaded exactly
+    torch.testing.assert_close(one[0], a[0], rtol=1e-5, atol=1e-5)  # a window's score does not depend on its batch
+
+
+def test_fixed_masks_cover_every_frame_once_and_give_the_masked_pass_context(run: Path, data: Path) -> None:
+    from aiot_w2v2 import load_model
+
+    pretrained = load_model(run / "checkpoint_last").eval()
+    fe = ScoringFrontend(pretrained, mask_span=4, mask_patterns=3)
+    x = torch.from_numpy(clip_windows(next((data / "fan" / "train").glob("*.wav")), 16000, 16000, 0))
+    with torch.inference_mode():
+        f = fe(x)
+        w2v = pretrained.wav2vec2
+        enc = w2v.encode(x)
+        T = enc.features.shape[1]
+        for p in range(3):
+            masked = (torch.arange(T) // 4) % 3 == p
+            inp = torch.where(masked[None, :, None], w2v.mask_emb, enc.projected)
+            c = torch.nn.functional.normalize(pretrained.final_proj(w2v.encoder(inp, None)[-1]), dim=-1)
+            torch.testing.assert_close(f.context[:, masked], c[:, masked], rtol=1e-4, atol=1e-5)
+    assert f.self_loss.shape == (x.shape[0], T) and torch.isfinite(f.self_loss).all() and (f.self_loss >= 0).all()
+    codes = pretrained.quantizer.codes(enc.features[0])
+    assert torch.equal(f.codes[0], codes)
+
+
+def test_scorers_equal_their_definitions(run: Path, data: Path) -> None:
+    from aiot_w2v2 import load_model
+
+    pretrained = load_model(run / "checkpoint_last").eval()
+    fe = ScoringFrontend(pretrained)
+    paths = [str(p) for p in sorted((data / "fan" / "train").glob("*.wav"))]
+    per_clip, errors = extract(fe, paths, 16000, 8000, CFG, progress=False)
+    assert not errors
+    windows = [w for c in per_clip for w in c]
+    from aiot_w2v2.anomaly.fit import _features_of, _fit
+
+    stats = _fit(windows, CFG, pretrained.quantizer.num_vars, 0)
+    f = _features_of(windows[:3])
+    got = score_windows(f, stack_stats([stats]), CFG.scorers, fe.logit_temp, knn_k=1)
+    emb = np.stack([w.embedding for w in windows])
+    lw = LedoitWolf().fit(emb)
+    np.testing.assert_allclose(got["mahalanobis"][:, 0].numpy(), np.sqrt(lw.mahalanobis(emb[:3])), rtol=1e-3)
+    # unigram NLL by hand, from counts with additive smoothing
+    codes = np.concatenate([w.codes for w in windows])
+    V = pretrained.quantizer.num_vars
+    uni = np.stack([np.bincount(codes[:, g], minlength=V) + CFG.code_smoothing for g in range(codes.shape[1])])
+    logp = np.log(uni / uni.sum(1, keepdims=True))
+    c0 = windows[0].codes
+    want = -np.mean([sum(logp[g, c0[t, g]] for g in range(c0.shape[1])) for t in range(c0.shape[0])])
+    assert got["code_unigram"][0, 0].item() == pytest.approx(want, rel=1e-4)
+    # a training window is its own nearest neighbour: kNN distance ~0
+    assert got["knn"][:, 0].abs().max().item() < 1e-4
+    assert (got["code_hist"] >= 0).all() and (got["code_hist"] <= np.log(2) * c0.shape[1] + 1e-5).all()
+
+
+def test_fit_never_reads_test_clips(run: Path, data: Path, fitted: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    for p in broken.glob("*/test/*.wav"):
+        p.write_bytes(b"not audio")  # any read of a test clip would now fail or change the statistics
+    with pytest.warns(UserWarning, match="skipped 8 unreadable"):  # the manifest's header probe notices them
+        fit_scoring(run, broken, tmp_path / "model", CFG, progress=False)
+    a = load_scoring_model(fitted).state_dict()
+    b = load_scoring_model(tmp_path / "model").state_dict()
+    assert a.keys() == b.keys()
+    for k in a:  # statistics exactly equal; the calibration's float sums up to rounding
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-6) if k.startswith("cal_") else \
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_evaluate_writes_the_contract_files(fitted: Path, data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report"
+    res = evaluate(fitted, data, out, progress=True)
+    assert list(res.columns) == ["machine", "machine_id", "scorer", "auc", "pauc"]
+    per_entry = CFG.columns_per_entry()
+    assert len(res) == 2 * 2 * len(per_entry)  # (id_00, all) x 2 machines x scorers
+    assert set(res.machine_id) == {"id_00", "all"} and res.auc.between(0, 1).all()
+    for name in ("results.csv", "results_extended.csv", "scores.csv", "report.html", "evaluation.json",
+                 "code_usage.png", "anomaly_score_fan_id_00.csv", "decision_result_valve_id_00.csv"):
+        assert (out / name).is_file(), name
+    for s in per_entry:
+        assert (out / "scorers" / s / "anomaly_score_fan_id_00.csv").is_file()
+    with open(out / "anomaly_score_fan_id_00.csv") as fh:
+        assert len(list(csv.reader(fh))) == 4
+    html = (out / "report.html").read_text()
+    assert "Code usage" in html and "ROC" in html
+    assert "mahalanobis AUC" in capsys.readouterr().out
+
+
+def test_bad_clips_are_skipped_counted_and_reported(fitted: Path, data: Path, tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    shutil.copytree(data, d)
+    test = d / "fan" / "test"
+    (test / "normal_id_00_00000090.wav").write_bytes(b"RIFF garbage")  # corrupt
+    sf.write(test / "normal_id_00_00000091.wav", np.zeros(0, dtype=np.float32), 16000)  # empty
+    sf.write(test / "normal_id_00_00000092.wav", np.zeros(800, dtype=np.float32), 16000)  # 50 ms: too short
+    nan = np.zeros(16000, dtype=np.float32)
+    nan[100] = np.nan
+    sf.write(test / "normal_id_00_00000093.wav", nan, 16000, subtype="FLOAT")
+    sf.write(test / "normal_id_00_00000094.wav", np.zeros(24000, dtype=np.float32), 16000)  # silence: scored
+    loud = np.clip(np.random.default_rng(0).normal(0, 3, 24000), -1, 1).astype(np.float32)
+    sf.write(test / "anomaly_id_00_00000095.wav", loud, 16000)  # clipped: scored
+    sf.write(test / "anomaly_id_04_00000000.wav", loud, 16000)  # an ID the model was not fitted on
+    out = tmp_path / "report"
+    with pytest.warns(UserWarning, match="skipped 2 unreadable or empty"):
+        res = evaluate(fitted, d, out, progress=False)
+    info = json.loads((out / "evaluation.json").read_text())
+    assert info["clips_failed"] == 2 and len(info["failed_files"]) == 2
+    assert any("shorter" in v for v in info["failed_files"].values())
+    assert any("NaN" in v or "nan" in v.lower() for v in info["failed_files"].values())
+    assert "fan/id_04" in info["skipped_machine_ids"]
+    scores = pd.read_csv(out / "scores.csv")
+    assert scores.score.notna().all()
+    assert {"normal_id_00_00000094.wav", "anomaly_id_00_00000095.wav"} <= {Path(p).name for p in scores.path}
+    assert res.auc.notna().all()
+
+
+def test_unlabelled_test_clips_are_scored_without_metrics(fitted: Path, data: Path, tmp_path: Path) -> None:
+    d = tmp_path / "eval"
+    (d / "fan" / "test").mkdir(parents=True)
+    for k, p in enumerate(sorted((data / "fan" / "test").glob("*.wav"))):
+        shutil.copy(p, d / "fan" / "test" / f"id_00_{k:08d}.wav")
+    res = evaluate(fitted, d, tmp_path / "report", progress=False)
+    assert res.auc.isna().all()
+    assert pd.read_csv(tmp_path / "report" / "scores.csv").score.notna().all()
+
+
+def test_short_clips_and_config_errors(run: Path, data: Path, tmp_path: Path) -> None:
+    short = tmp_path / "s.wav"
+    sf.write(short, np.zeros(12000, dtype=np.float32), 16000)
+    assert clip_windows(short, 16000, 8000, 8000).shape == (1, 12000)  # shorter than a window: one window
+    with pytest.raises(ClipTooShort, match="shorter than the scorers need"):
+        clip_windows(short, 16000, 8000, 13000)
+    with pytest.raises(ConfigError, match="scorers"):
+        load_scoring_config(None, ["scorers=[mahalanobis,telepathy]"])
+    with pytest.raises(ConfigError, match="unknown config key 'scoring.windw'"):
+        load_scoring_config(None, ["windw=2"])
+    with pytest.raises(ValueError, match="embedding_layer 'conv99'"):
+        fit_scoring(run, data, tmp_path / "m", ScoringConfig(embedding_layer="conv99"), progress=False)
+    with pytest.raises(FileNotFoundError, match="no aiot-w2v2 checkpoint"):
+        fit_scoring(tmp_path, data, tmp_path / "m", CFG, progress=False)
+
+
+def test_cli_fit_and_evaluate(run: Path, data: Path, tmp_path: Path, capsys) -> None:
+    model, report = tmp_path / "model", tmp_path / "report"
+    assert cli_main(["fit", "--run", str(run), "--data", str(data), "--out", str(model), "--quiet",
+                     "--set", "window_seconds=1.0", "--set", "hop_seconds=0.5", "--set", "folds=2",
+                     "--set", "scorers=[code_unigram,mahalanobis]", "--set", "ensemble=[code_unigram,mahalanobis]",
+                     "--set", "decision_scorer=ensemble"]) == 0
+    assert load_scoring_model(model).columns[:3] == ["fan/id_00/code_unigram", "fan/id_00/mahalanobis",
+                                                     "fan/id_00/ensemble"]
+    assert cli_main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(report)]) == 0
+    assert "ensemble AUC" in capsys.readouterr().out
+    assert cli_main(["evaluate", "--model", str(tmp_path / "nope"), "--data", str(data), "--out", str(report)]) == 2
