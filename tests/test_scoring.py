@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from sklearn.covariance import LedoitWolf
+from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
 from aiot_w2v2.anomaly.clips import ClipTooShort, clip_windows
 from aiot_w2v2.anomaly.evaluate import evaluate
@@ -119,9 +120,12 @@ def test_scorers_equal_their_definitions(run: Path, data: Path) -> None:
     stats = _fit(windows, CFG, pretrained.quantizer.num_vars, 0)
     f = _features_of(windows[:3])
     got = score_windows(f, stack_stats([stats]), CFG.scorers, fe.logit_temp, knn_k=1)
-    emb = np.stack([w.embedding for w in windows])
-    lw = LedoitWolf().fit(emb)
-    np.testing.assert_allclose(got["mahalanobis"][:, 0].numpy(), np.sqrt(lw.mahalanobis(emb[:3])), rtol=1e-3)
+    emb = np.stack([w.embedding for w in windows]).astype(np.float64)
+    cov = ShrunkCovariance(shrinkage=CFG.mahalanobis_shrinkage).fit(emb)
+    np.testing.assert_allclose(got["mahalanobis"][:, 0].numpy(), np.sqrt(cov.mahalanobis(emb[:3])), rtol=1e-3)
+    lw_stats = _fit(windows, replace(CFG, mahalanobis_shrinkage=None), pretrained.quantizer.num_vars, 0)
+    lw = score_windows(f, stack_stats([lw_stats]), ("mahalanobis",), fe.logit_temp)["mahalanobis"][:, 0]
+    np.testing.assert_allclose(lw.numpy(), np.sqrt(LedoitWolf().fit(emb).mahalanobis(emb[:3])), rtol=1e-3)
     # unigram NLL by hand, from counts with additive smoothing
     codes = np.concatenate([w.codes for w in windows])
     V = pretrained.quantizer.num_vars

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.covariance import LedoitWolf
+from sklearn.covariance import LedoitWolf, ShrunkCovariance
 from torch import Tensor
 
 from .frontend import WindowFeatures
@@ -35,8 +35,12 @@ ENSEMBLE = "ensemble"
 
 
 def fit_stats(embeddings: np.ndarray, codes: list[np.ndarray], bank_targets: np.ndarray, bank_codes: np.ndarray,
-              num_vars: int, smoothing: float, max_knn: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+              num_vars: int, smoothing: float, max_knn: int, rng: np.random.Generator,
+              shrinkage: float | None = None) -> dict[str, np.ndarray]:
     """embeddings (N, D); codes: per window (T, G) ints; bank_targets (Nb, F), bank_codes (Nb, G).
+
+    `shrinkage`: of the Mahalanobis covariance towards a scaled identity; None = Ledoit-Wolf's estimate.
+    A small value makes the distance mostly the residual outside the subspace normal windows span.
 
     Returns the statistics of one machine ID as float32/int64 arrays (see `score_windows`).
     """
@@ -59,7 +63,8 @@ def fit_stats(embeddings: np.ndarray, codes: list[np.ndarray], bank_targets: np.
     if z.shape[0] > max_knn:
         z = z[np.sort(rng.choice(z.shape[0], max_knn, replace=False))]
     bank = z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-8)
-    lw = LedoitWolf().fit(embeddings)
+    lw = LedoitWolf() if shrinkage is None else ShrunkCovariance(shrinkage=shrinkage)
+    lw.fit(embeddings.astype(np.float64))
     return dict(
         uni_logp=np.log(uni_p).astype(np.float32),
         big_logp=np.log(big_p).astype(np.float32),
