@@ -117,6 +117,31 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .anomaly.fit import fit_scoring
+    from .anomaly.scoring_model import load_scoring_config
+
+    fit_scoring(args.run, args.data, args.out, load_scoring_config(args.config, args.set), progress=not args.quiet)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .anomaly.evaluate import evaluate
+
+    evaluate(args.model, args.data, args.out, baseline=args.baseline, progress=not args.quiet)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_bundle
+
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    export_bundle(args.model, args.out, quantize=args.quantize, calibration=args.calibration, opset=args.opset,
+                  progress=not args.quiet, machines=split(args.machines), scorers=split(args.scorers),
+                  decision_scorer=args.decision_scorer)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -201,6 +226,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_baseline)
+
+    s = sub.add_parser("fit", help="fit the anomaly scorers on normal training clips of a pretrained model")
+    s.add_argument("--run", required=True, help="pretraining run folder (or a pretraining checkpoint)")
+    s.add_argument("--data", required=True, nargs="+", help="DCASE-layout folder(s): <machine>/train/normal_*.wav")
+    s.add_argument("--out", required=True, help="model folder: scoring.safetensors + scoring.json")
+    s.add_argument("--config", default=None, help="YAML with scoring settings (see docs/anomaly.md)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override, e.g. embedding_layer=transformer2 or window_seconds=1")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_fit)
+
+    s = sub.add_parser("evaluate", help="score test clips: AUC/pAUC per machine ID, DCASE csvs, report.html")
+    s.add_argument("--model", required=True, help="model folder written by `aiot-w2v2 fit`")
+    s.add_argument("--data", required=True, nargs="+", help="DCASE-layout folder(s): <machine>/test/*.wav")
+    s.add_argument("--out", required=True, help="report folder")
+    s.add_argument("--baseline", default=None, help="a `aiot-w2v2 baseline` report folder to show beside")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("export", help="export a fitted model to an edge bundle (ONNX, optional int8)")
+    s.add_argument("--model", required=True, help="model folder written by `aiot-w2v2 fit`")
+    s.add_argument("--out", required=True, help="bundle folder: model.onnx + bundle.json")
+    s.add_argument("--quantize", choices=["int8", "none"], default="int8")
+    s.add_argument("--calibration", default=None,
+                   help="folder of normal clips: static int8 (QDQ) calibrated on them instead of dynamic int8")
+    s.add_argument("--opset", type=int, default=17, help="ONNX opset (<= 18 for onnxruntime on Jetson/Pi)")
+    s.add_argument("--machines", default=None,
+                   help="only these machine IDs, comma-separated (e.g. fan/id_00): a smaller, faster bundle per device")
+    s.add_argument("--scorers", default=None, help="only these scorers, comma-separated (default: all fitted)")
+    s.add_argument("--decision-scorer", default=None, help="the column that raises alerts (default: the model's)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("demo", help="the whole pipeline on synthetic machine sounds")
     s.add_argument("--out", default="demo_out")

@@ -1,0 +1,152 @@
+"""The demo's edge stage: the real daemon scores some clips with a bundle, and a subscriber shows its alerts.
+
+`run_edge_stage` starts a broker on loopback (a local mosquitto when the binary is installed, else the
+edge package's embedded broker: amqtt in-process), subscribes to the device's alert topic with
+paho-mqtt, then runs `aiot_edge.daemon.Daemon` in-process on the given files with `once` (stop when
+the files are scored and every alert is acknowledged), and returns the alert payloads received.
+
+The broker belongs to this helper, not to the daemon (`broker: embedded` would start one inside
+the daemon): the subscriber has to be subscribed before the first alert, and a daemon-owned broker's
+port is only known once the daemon runs and is gone as soon as a `once` daemon exits.
+
+It knows nothing about torch; it drives the edge package exactly as `aiot-edge run` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from aiot_edge.broker import EmbeddedBroker, MosquittoProcess, find_mosquitto
+from aiot_edge.config import EdgeConfig, with_overrides
+from aiot_edge.daemon import Daemon, ExitCode
+from aiot_edge.mqtt import Topics
+from aiot_edge.sources import FileSource
+from paho.mqtt.enums import CallbackAPIVersion
+
+SITE, DEVICE = "demo", "edge-demo"
+
+
+@contextlib.contextmanager
+def local_broker(workdir: Path) -> Iterator[tuple[str, str]]:
+    """(url, backend) of a loopback broker for the stage: mosquitto if installed, else the embedded one."""
+    if find_mosquitto() is not None:
+        with MosquittoProcess(workdir / "mosquitto") as broker:
+            yield f"mqtt://{broker.host}:{broker.port}", "mosquitto"
+        return
+    with EmbeddedBroker(workdir / "embedded") as broker:
+        yield broker.url, str(broker.backend)
+
+
+class _AlertSubscriber:
+    """A paho client that collects the JSON payloads on one topic (QoS 1)."""
+
+    def __init__(self, url: str, topic: str, echo: bool) -> None:
+        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+        self.topic, self.echo = topic, echo
+        self.payloads: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"aiot-demo-{uuid.uuid4().hex[:8]}")
+        self.client.on_connect = lambda c, u, f, reason, p: None if reason.is_failure else c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect_async(host, int(port))
+        self.client.loop_start()
+
+    def wait_subscribed(self, timeout: float) -> None:
+        if not self._subscribed.wait(timeout):
+            self.close()
+            raise TimeoutError(f"could not subscribe to {self.topic} within {timeout:g} s")
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        payload = json.loads(msg.payload)
+        with self._lock:
+            self.payloads.append(payload)
+        if self.echo:
+            print(f"  alert {len(self.payloads):3d}  {payload['machine']}/{payload.get('machine_id', '?')}  "
+                  f"{payload['window_start']:7.1f}-{payload['window_end']:.1f} s  score {payload['score']:.3f} > "
+                  f"{payload['threshold']:.3f} ({payload['scorer']}, {payload['severity']})  "
+                  f"{Path(str(payload.get('source', ''))).name}")
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.payloads)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run_edge_stage(bundle: Path, wav_files: list[Path], machine: str, machine_id: str, timeout_s: float = 120,
+                   *, overrides: dict[str, Any] | None = None, echo: bool = True) -> list[dict[str, Any]]:
+    """Score `wav_files` with the edge daemon on `bundle` and return the alert payloads a subscriber received.
+
+    `overrides` are dotted daemon-config keys (`{"decision.k": 1, "decision.cooldown_s": 0}`); the
+    daemon's defaults apply otherwise. After `timeout_s` the daemon is asked to stop.
+    """
+    files = [Path(f) for f in wav_files]
+    if not files:
+        raise ValueError("run_edge_stage needs at least one audio file")
+    edge_log = logging.getLogger("aiot_edge")
+    level = edge_log.level
+    with tempfile.TemporaryDirectory(prefix="aiot-edge-demo-") as tmp, local_broker(Path(tmp)) as (url, backend):
+        topic = Topics.for_device(SITE, DEVICE).alert
+        sub = _AlertSubscriber(url, topic, echo)
+        try:
+            sub.wait_subscribed(10.0)
+            values = {"bundle": str(bundle), "machine": machine, "machine_id": machine_id, "site": SITE,
+                      "device": DEVICE, "broker": url, "once": True, "once_timeout_s": min(30.0, timeout_s),
+                      "spool.path": str(Path(tmp) / "spool.db"), "telemetry_every_s": 0.0, "health_every_s": 0.0,
+                      **(overrides or {})}
+            cfg = with_overrides(EdgeConfig(), values)
+            daemon = Daemon(cfg, FileSource(files, sample_rate=_bundle_rate(bundle)))
+            if echo:
+                print(f"edge daemon: {len(files)} file(s), bundle {bundle}, machine {machine}/{machine_id}, "
+                      f"broker {backend} at {url}, alerts on {topic}")
+            edge_log.setLevel(logging.ERROR)  # the subscriber prints each alert; the daemon's log would repeat it
+            code = _run_with_timeout(daemon, timeout_s)
+            delivered = daemon.publisher.delivered if daemon.publisher is not None else 0
+            deadline = time.monotonic() + 5.0  # PUBACKs came from the broker; let its forwards reach us
+            while sub.count() < delivered and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            edge_log.setLevel(level)
+            sub.close()
+        if code != ExitCode.OK:
+            raise RuntimeError(f"the edge daemon exited with code {int(code)} ({ExitCode(code).name})")
+        if echo:
+            print(f"edge daemon: {daemon.counters.windows_scored} windows scored, "
+                  f"{daemon.counters.alerts_raised} alerts raised, {sub.count()} received")
+        return list(sub.payloads)
+
+
+def _bundle_rate(bundle: Path) -> int:
+    from aiot_edge.bundle import Bundle
+
+    return Bundle.load(bundle, verify_sha256=False).sample_rate  # the daemon verifies it when it starts
+
+
+def _run_with_timeout(daemon: Daemon, timeout_s: float) -> int:
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(daemon.run()), name="aiot-edge-demo", daemon=True)
+    worker.start()
+    try:
+        worker.join(timeout_s)
+        if worker.is_alive():
+            daemon.request_stop(f"timeout after {timeout_s:g} s")
+            worker.join(30.0)
+    except KeyboardInterrupt:
+        daemon.request_stop("interrupted")
+        worker.join(30.0)
+        raise
+    return result[0] if result else ExitCode.ERROR

@@ -1,0 +1,215 @@
+"""aiot_w2v2.export: ONNX parity with torch, dynamic axes, int8, the bundle contract, the CLIs, the demo's edge stage.
+
+A tiny random pretraining model, fitted on a tiny synthetic set (1 s windows), exported once per module.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from aiot_edge.bundle import Bundle, BundleError, write_bundle_json
+from aiot_edge.cli import main as edge_main
+from aiot_edge.runtime import Scorer
+from conftest import tiny_model_config
+
+from aiot_w2v2.anomaly.fit import fit_scoring
+from aiot_w2v2.anomaly.scoring_model import ScoringConfig, load_scoring_model
+from aiot_w2v2.checkpoint import save_pretrained
+from aiot_w2v2.cli import main as cli_main
+from aiot_w2v2.config import LossConfig, PretrainConfig
+from aiot_w2v2.export import ExportError, check_parity, export_bundle, narrow_model, session
+from aiot_w2v2.model import Wav2Vec2ForPreTraining
+from aiot_w2v2.synth import generate_dataset
+
+CFG = ScoringConfig(window_seconds=1.0, hop_seconds=0.5, folds=2, bank_frames=64, max_knn_windows=64,
+                    ensemble=("mahalanobis", "contrastive_bank"), decision_scorer="ensemble")
+CONTRACT = {"file", "machine", "machine_id", "window_start", "window_end", "scores", "score", "anomaly"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    generate_dataset(root, machines=["fan", "valve"], ids_per_machine=1, n_train=4, n_test_normal=2,
+                     n_test_anomaly=2, seconds=2.0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    cfg = PretrainConfig(model=tiny_model_config(extractor_mode="layer_norm", conv_bias=True),
+                         loss=LossConfig(num_negatives=0, cross_sample_negatives=10))
+    run = tmp_path_factory.mktemp("run")
+    save_pretrained(Wav2Vec2ForPreTraining(cfg.model, cfg.masking, cfg.loss), cfg, run / "checkpoint_last")
+    out = tmp_path_factory.mktemp("fitted") / "model"
+    torch.set_num_threads(1)
+    fit_scoring(run, data, out, CFG, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(fitted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_bundle(fitted, tmp_path_factory.mktemp("b") / "fp32", quantize="none", progress=False)
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(fitted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_bundle(fitted, tmp_path_factory.mktemp("b") / "int8", quantize="int8", progress=False)
+
+
+def _windows(data: Path, seconds: float, n: int) -> np.ndarray:
+    import soundfile as sf
+
+    clips = sorted((data / "fan" / "test").glob("*.wav")) + sorted((data / "valve" / "test").glob("*.wav"))
+    return np.stack([sf.read(c, dtype="float32")[0][: int(seconds * 16000)] for c in clips[:n]])
+
+
+def test_onnx_matches_torch_with_dynamic_batch_and_length(fitted: Path, fp32_bundle: Path, data: Path) -> None:
+    model = load_scoring_model(fitted)
+    sess = session(fp32_bundle / "model.onnx")
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert (inp.name, out.name) == ("audio", "scores")
+    assert isinstance(inp.shape[0], str) and isinstance(inp.shape[1], str) and isinstance(out.shape[0], str)
+    assert out.shape[1] == len(model.columns)
+    for seconds in (1.0, 1.5):  # the window the model was fitted on, and another length
+        x = _windows(data, seconds, 3)
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x)).numpy()
+        for batch in (x[:1], x):  # batch 1 and 3
+            got = sess.run(["scores"], {"audio": batch})[0]
+            assert got.shape == (len(batch), len(model.columns))
+            np.testing.assert_allclose(got, ref[: len(batch)], rtol=1e-4, atol=1e-4)
+
+
+def test_weight_norm_is_folded_into_a_plain_weight(fitted: Path, fp32_bundle: Path) -> None:
+    model = load_scoring_model(fitted)
+    graph = onnx.load(str(fp32_bundle / "model.onnx")).graph
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    name = "frontend.model.wav2vec2.encoder.pos_conv.conv.weight"
+    assert name in weights and not any("original0" in k or "original1" in k for k in weights)
+    folded = model.frontend.model.wav2vec2.encoder.pos_conv.conv.weight.detach().numpy()  # g * v / |v|
+    np.testing.assert_allclose(weights[name], folded, rtol=1e-6, atol=1e-7)
+
+
+def test_bundle_json_follows_the_contract(fitted: Path, fp32_bundle: Path) -> None:
+    model = load_scoring_model(fitted)
+    bundle = Bundle.load(fp32_bundle)
+    raw = bundle.raw
+    assert raw["format"] == "aiot-w2v2-bundle" and raw["format_version"] == 1 and raw["created"].endswith("Z")
+    assert (bundle.sample_rate, bundle.window, bundle.hop) == (16000, 16000, 8000)
+    assert list(bundle.columns) == model.columns and set(bundle.machines) == {"fan/id_00", "valve/id_00"}
+    fan = bundle.machines["fan/id_00"]
+    assert fan.decision_scorer == "ensemble"
+    assert [bundle.columns[c] for c in fan.scorers.values()] == [f"fan/id_00/{s}" for s in fan.scorers]
+    assert fan.thresholds == {s: v["window"] for s, v in model.meta.thresholds["fan/id_00"].items()}
+    assert set(fan.calibration) == set(CFG.scorers) and "std" in fan.calibration["knn"]
+    assert raw["model"]["quantization"] == "none" and raw["model"]["opset"] == 17
+    assert raw["training"]["config_hash"] == model.meta.info["config_hash"]
+    parity = raw["verification"]["fp32"]
+    assert parity["max_rel_diff"] < 1e-4 and parity["batch_sizes"] == [1, 3] and parity["window_lengths"][1] > 16000
+
+
+def test_int8_bundle_loads_and_scores_close_to_fp32(fp32_bundle: Path, int8_bundle: Path, data: Path) -> None:
+    bundle = Bundle.load(int8_bundle)
+    assert bundle.quantization == "int8"
+    v = bundle.raw["verification"]
+    assert v["int8"]["quantized_nodes"] > 0 and v["int8"]["method"] == "dynamic"  # (too tiny to get smaller)
+    x = _windows(data, 1.0, 8)
+    fp32 = Scorer.from_bundle(Bundle.load(fp32_bundle)).score(x)
+    int8 = Scorer.from_bundle(bundle).score(x)
+    assert np.isfinite(int8).all()
+    for j, name in enumerate(bundle.columns):
+        scorer = name.rsplit("/", 1)[1]
+        if scorer.startswith("code_") or scorer in ("knn", "mahalanobis"):
+            np.testing.assert_allclose(int8[:, j], fp32[:, j], rtol=1e-5, atol=1e-5)  # their path stays fp32
+        elif fp32[:, j].std() > 1e-6:
+            assert np.corrcoef(int8[:, j], fp32[:, j])[0, 1] > 0.99, name
+
+
+def test_narrowed_bundle_keeps_the_columns_it_names(fitted: Path, data: Path) -> None:
+    full = load_scoring_model(fitted)
+    one = narrow_model(full, machines=["valve/id_00"], scorers=["mahalanobis", "code_hist"],
+                       decision_scorer="mahalanobis")
+    assert one.columns == ["valve/id_00/code_hist", "valve/id_00/mahalanobis"]
+    x = torch.from_numpy(_windows(data, 1.0, 2))
+    with torch.inference_mode():
+        want = full(x)[:, [full.columns.index(c) for c in one.columns]]
+        torch.testing.assert_close(one(x), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ExportError, match="decision scorer 'ensemble'"):
+        narrow_model(full, scorers=["mahalanobis", "knn"])  # the ensemble needs contrastive_bank
+    with pytest.raises(ExportError, match="the model serves"):
+        narrow_model(full, machines=["pump/id_00"])
+
+
+def test_parity_check_refuses_a_model_that_does_not_match(fitted: Path, fp32_bundle: Path, data: Path) -> None:
+    model = load_scoring_model(fitted)
+    model.stat_maha_mean.add_(1.0)  # torch now scores differently from the exported graph
+    with pytest.raises(ExportError, match="disagree"):
+        check_parity(session(fp32_bundle / "model.onnx"), model, _windows(data, 1.0, 3))
+
+
+def test_aiot_edge_score_prints_one_json_line_per_window(int8_bundle: Path, data: Path, capsys) -> None:
+    clip = sorted((data / "fan" / "test").glob("anomaly_*.wav"))[0]
+    assert edge_main(["score", "--bundle", str(int8_bundle), str(clip)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3  # 2 s clip, 1 s windows every 0.5 s
+    assert all(set(r) >= CONTRACT for r in rows)
+    assert (rows[0]["machine"], rows[0]["machine_id"]) == ("fan", "id_00")  # read from the DCASE path
+    assert [r["window_start"] for r in rows] == [0.0, 0.5, 1.0] and rows[-1]["window_end"] == 2.0
+    assert rows[0]["score"] == rows[0]["scores"]["ensemble"] and isinstance(rows[0]["anomaly"], bool)
+
+
+def test_tampered_model_is_refused(int8_bundle: Path, data: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bundle"
+    shutil.copytree(int8_bundle, bad)
+    with open(bad / "model.onnx", "r+b") as f:
+        f.seek(-64, 2)
+        f.write(b"\x00" * 8)
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        Bundle.load(bad)
+    clip = next((data / "fan" / "test").glob("*.wav"))
+    assert edge_main(["score", "--bundle", str(bad), str(clip)]) == 2
+    assert "sha256 mismatch" in capsys.readouterr().err
+
+
+def test_cli_export_end_to_end_with_static_int8(fitted: Path, data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bundle"
+    assert cli_main(["export", "--model", str(fitted), "--out", str(out), "--calibration", str(data)]) == 0
+    printed = capsys.readouterr().out
+    assert "model.onnx  fp32" in printed and "parity" in printed and str(out) in printed
+    bundle = Bundle.load(out)
+    assert bundle.quantization == "int8-static" and bundle.raw["verification"]["int8"]["calibration_windows"] > 0
+    assert cli_main(["export", "--model", str(fitted), "--out", str(tmp_path / "x"), "--quantize", "none",
+                     "--calibration", str(data), "--quiet"]) == 2  # calibration is for int8 only
+
+
+def test_edge_stage_of_the_demo_returns_the_alerts(int8_bundle: Path, data: Path, tmp_path: Path) -> None:
+    from aiot_w2v2.edge_demo import run_edge_stage
+
+    # Every window is over a threshold below any score (bundle.json is not covered by the sha256).
+    bundle = tmp_path / "bundle"
+    shutil.copytree(int8_bundle, bundle)
+    raw = json.loads((bundle / "bundle.json").read_text())
+    raw["machines"]["fan/id_00"]["thresholds"]["ensemble"] = -1e6
+    write_bundle_json(bundle, raw)
+    files = sorted((data / "fan" / "test").glob("*.wav"))[:2]
+    alerts = run_edge_stage(bundle, files, "fan", "id_00", timeout_s=60,
+                            overrides={"decision.k": 1, "decision.n": 1, "decision.cooldown_s": 0.0}, echo=False)
+    assert len(alerts) == 1  # every window over the threshold: one episode, one alert (k-of-n debounce)
+    a = alerts[0]
+    assert (a["machine"], a["machine_id"], a["scorer"], a["threshold"]) == ("fan", "id_00", "ensemble", -1e6)
+    assert {"ts", "score", "severity", "window_start", "window_end", "model", "device"} <= set(a)
