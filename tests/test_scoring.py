@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from conftest import tiny_model_config
 from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
 from aiot_w2v2.anomaly.clips import ClipTooShort, clip_windows
@@ -26,8 +27,6 @@ from aiot_w2v2.cli import main as cli_main
 from aiot_w2v2.config import ConfigError, LossConfig, PretrainConfig
 from aiot_w2v2.model import Wav2Vec2ForPreTraining
 from aiot_w2v2.synth import generate_dataset
-
-from conftest import tiny_model_config
 
 CFG = ScoringConfig(window_seconds=1.0, hop_seconds=0.5, folds=2, bank_frames=64, max_knn_windows=64)
 

@@ -118,7 +118,7 @@ def fit_scoring(run: str | Path, data_dirs: list[str | Path] | str | Path, out: 
                          "checkpoint (with its quantizer)")
     pretrained.eval()
     frontend = ScoringFrontend(pretrained, cfg.embedding_layer, cfg.embedding_level, cfg.mask_span, cfg.mask_patterns,
-                               cfg.needs_contrastive())
+                               cfg.needs_contrastive(), cfg.energy_smoothing_ms)
 
     dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
     manifest = build_manifest(dirs)

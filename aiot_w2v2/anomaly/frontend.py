@@ -5,7 +5,8 @@
 
 - `embedding` (B, D): a pooled vector of the layer `embedding_layer` names:
   `conv<i>`: the log energy of each channel of conv layer i *before* its norm, averaged over the
-  window, plus the standard deviation over time of its (20 ms smoothed) log energy. The pretrained
+  window, plus the standard deviation over time of its log energy smoothed over `energy_smoothing_ms`
+  (80 ms: the envelope time scale of clicks, rattles and beats). The pretrained
   network's norms erase level and, deeper in, most of the spectral balance (benchmarks/RESULTS.md,
   "Anomaly scoring"); the first conv layer is a learned filter bank whose band energies keep it.
   `embedding_level="relative"` subtracts the mean over channels (per-window loudness removed).
@@ -61,7 +62,7 @@ class ScoringFrontend(nn.Module):
 
     def __init__(self, model: Wav2Vec2ForPreTraining, embedding_layer: str = "conv0",
                  embedding_level: str = "relative", mask_span: int = 10, mask_patterns: int = 5,
-                 contrastive: bool = True) -> None:
+                 contrastive: bool = True, energy_smoothing_ms: float = 80.0, sample_rate: int = 16000) -> None:
         super().__init__()
         if model.quantizer is None:
             raise ValueError("the scorers need a model with its quantizer (a pretraining checkpoint)")
@@ -77,13 +78,16 @@ class ScoringFrontend(nn.Module):
         self.mask_span, self.mask_patterns = mask_span, mask_patterns
         self.contrastive = contrastive  # False: skip the masked passes (context and self_loss are zeros)
         self.logit_temp = model.loss_config.logit_temp
-        # Smooth conv-layer energies to one value per output frame (20 ms at stride 320).
+        if energy_smoothing_ms <= 0:
+            raise ValueError(f"energy_smoothing_ms must be > 0, got {energy_smoothing_ms}")
+        # Conv-layer energies are averaged over `energy_smoothing_ms` before their log's std over time.
         stride = 1
         for i, (_, _, s) in enumerate(w2v.feature_extractor.conv_layers):
             stride *= s
             if i == self.layer:
                 break
-        self.energy_pool = max(1, w2v.feature_extractor.stride // stride) if self.kind == "conv" else 1
+        pool = round(energy_smoothing_ms / 1000 * sample_rate / stride)
+        self.energy_pool = max(1, pool) if self.kind == "conv" else 1
 
     @property
     def min_samples(self) -> int:

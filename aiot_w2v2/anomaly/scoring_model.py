@@ -42,6 +42,7 @@ class ScoringConfig:
     decision_scorer: str = "mahalanobis"  # the column that raises alerts on the edge and decides in evaluate
     embedding_layer: str = "conv0"  # conv<i> (pre-norm channel energies) or transformer<i> (mean+std)
     embedding_level: str = "relative"  # conv energies: "relative" removes the window's loudness
+    energy_smoothing_ms: float = 80.0  # conv energies: smoothing before the std over time of their log
     mask_span: int = 10  # frames per masked span (M)
     mask_patterns: int = 5  # fixed mask patterns; together they cover every frame
     contrastive_topk: int = 0  # 0 = mean over frames, k > 0 = mean of the k worst frames
@@ -136,7 +137,7 @@ class ScoringModel(nn.Module):
         cfg = meta.config
         self.meta = meta
         self.frontend = ScoringFrontend(pretrained, cfg.embedding_layer, cfg.embedding_level, cfg.mask_span,
-                                        cfg.mask_patterns, cfg.needs_contrastive())
+                                        cfg.mask_patterns, cfg.needs_contrastive(), cfg.energy_smoothing_ms)
         for name, value in stats.items():
             self.register_buffer(f"stat_{name}", value)
         self.stat_names = tuple(stats)
