@@ -9,7 +9,8 @@
 3. Check onnxruntime against torch on a few windows, with another batch size and another window
    length among them, and refuse a model whose fp32 scores differ by more than `tolerance`.
 4. int8 (`aiot_w2v2.quantize`): dynamic int8 of the network's weight MatMuls, or static QDQ calibrated
-   on normal clips; the scorers' fitted statistics and the quantizer's code logits stay fp32.
+   on normal clips; then weight-only storage (int8 positional conv / final_proj, fp16 banks, fp32 math);
+   the Mahalanobis statistics, the feature encoder and the quantizer's code logits stay fp32.
 5. Write model.onnx and bundle.json (docs/bundle.md) with the thresholds, calibration, provenance and
    the verification numbers; the bundle is read back with `aiot_edge.bundle.Bundle.load` before
    this returns.

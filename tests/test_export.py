@@ -134,10 +134,40 @@ def test_int8_bundle_loads_and_scores_close_to_fp32(fp32_bundle: Path, int8_bund
     assert np.isfinite(int8).all()
     for j, name in enumerate(bundle.columns):
         scorer = name.rsplit("/", 1)[1]
-        if scorer.startswith("code_") or scorer in ("knn", "mahalanobis"):
+        if scorer.startswith("code_") or scorer == "mahalanobis":
             np.testing.assert_allclose(int8[:, j], fp32[:, j], rtol=1e-5, atol=1e-5)  # their path stays fp32
+        elif scorer == "knn":  # fp32 features, a float16-stored bank
+            np.testing.assert_allclose(int8[:, j], fp32[:, j], rtol=1e-3, atol=1e-3)
         elif fp32[:, j].std() > 1e-6:
             assert np.corrcoef(int8[:, j], fp32[:, j])[0, 1] > 0.99, name
+
+
+def test_int8_bundle_stores_weights_compactly_with_fp32_math(fp32_bundle: Path, int8_bundle: Path) -> None:
+    fp32 = {i.name: i for i in onnx.load(str(fp32_bundle / "model.onnx")).graph.initializer}
+    graph = onnx.load(str(int8_bundle / "model.onnx")).graph
+    inits = {i.name: i for i in graph.initializer}
+    ops = {n.output[0]: n for n in graph.node}
+    T = onnx.TensorProto
+    # Fitted statistics: float16 + Cast; the Mahalanobis precision stays float32.
+    for name in ("stat_bank_targets", "stat_knn_bank"):
+        assert name not in inits and inits[f"{name}_fp16"].data_type == T.FLOAT16 and ops[name].op_type == "Cast"
+        want = onnx.numpy_helper.to_array(fp32[name])
+        np.testing.assert_allclose(onnx.numpy_helper.to_array(inits[f"{name}_fp16"]), want, rtol=1e-3, atol=1e-4)
+    assert inits["stat_maha_prec"].data_type == T.FLOAT
+    # The positional conv: int8 per output channel, dequantized into the fp32 Conv (no ConvInteger).
+    name = "frontend.model.wav2vec2.encoder.pos_conv.conv.weight"
+    q, scale = inits[f"{name}_int8"], inits[f"{name}_scale"]
+    assert q.data_type == T.INT8 and ops[name].op_type == "DequantizeLinear"
+    w = onnx.numpy_helper.to_array(q).astype(np.float32) * onnx.numpy_helper.to_array(scale)[:, None, None]
+    np.testing.assert_allclose(w, onnx.numpy_helper.to_array(fp32[name]), atol=float(onnx.numpy_helper.to_array(
+        scale).max()) / 2 + 1e-7)
+    assert not any(n.op_type == "ConvInteger" for n in graph.node)
+    # The code path stays fp32: feature-encoder convs.
+    assert all(i.data_type == T.FLOAT for k, i in inits.items() if "feature_extractor" in k and k.endswith("weight"))
+    info = Bundle.load(int8_bundle).raw["verification"]["int8"]["weight_only"]
+    assert info["int8_weights"] >= 1 and info["fp16_stats"] == 2 and info["stored_bytes"] < info["fp32_bytes"] / 2
+    v = Bundle.load(int8_bundle).raw["verification"]
+    assert v["sizes_bytes"]["int8"] < v["sizes_bytes"]["fp32"]
 
 
 def test_narrowed_bundle_keeps_the_columns_it_names(fitted: Path, data: Path) -> None:
