@@ -237,3 +237,17 @@ def test_cli_fit_and_evaluate(run: Path, data: Path, tmp_path: Path, capsys) -> 
     assert cli_main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(report)]) == 0
     assert "ensemble AUC" in capsys.readouterr().out
     assert cli_main(["evaluate", "--model", str(tmp_path / "nope"), "--data", str(data), "--out", str(report)]) == 2
+
+
+def test_bad_training_clips_are_skipped_and_listed(run: Path, data: Path, tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    shutil.copytree(data / "fan" / "train", d / "fan" / "train")
+    nan = np.zeros(16000, dtype=np.float32)
+    nan[5] = np.inf
+    sf.write(d / "fan" / "train" / "normal_id_00_00000090.wav", nan, 16000, subtype="FLOAT")
+    sf.write(d / "fan" / "train" / "normal_id_00_00000091.wav", np.zeros(400, dtype=np.float32), 16000)
+    fit_scoring(run, d, tmp_path / "model", CFG, progress=False)
+    info = json.loads((tmp_path / "model" / "scoring.json").read_text())["info"]
+    assert sorted(Path(p).name for p in info["failed_files"]) == ["normal_id_00_00000090.wav",
+                                                                   "normal_id_00_00000091.wav"]
+    assert info["counts"]["fan/id_00"] == dict(clips=5, windows=15, failed=2, note="")
