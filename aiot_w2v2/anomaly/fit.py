@@ -78,22 +78,18 @@ def _score(frontend: ScoringFrontend, stats: dict[str, np.ndarray], windows: lis
            cfg: ScoringConfig) -> dict[str, np.ndarray]:
     """Scores of already-extracted windows, without running the model again."""
     s = stack_stats([stats])
-    out: dict[str, list[np.ndarray]] = {k: [] for k in cfg.scorers}
-    by_len: dict[int, list[_Window]] = {}
-    for w in windows:
-        by_len.setdefault(w.codes.shape[0], []).append(w)
-    order: list[_Window] = []
-    for group in by_len.values():
-        for k in range(0, len(group), cfg.batch_windows):
-            part = group[k: k + cfg.batch_windows]
-            order += part
-            f = _features_of(part)
+    out = {name: np.zeros(len(windows)) for name in cfg.scorers}
+    by_len: dict[int, list[int]] = {}  # a batch needs windows of one length
+    for i, w in enumerate(windows):
+        by_len.setdefault(w.codes.shape[0], []).append(i)
+    for idx in by_len.values():
+        for k in range(0, len(idx), cfg.batch_windows):
+            part = idx[k: k + cfg.batch_windows]
+            f = _features_of([windows[i] for i in part])
             for name, v in score_windows(f, s, cfg.scorers, frontend.logit_temp, cfg.knn_k,
                                          cfg.contrastive_topk).items():
-                out[name].append(v[:, 0].numpy())
-    pos = {id(w): i for i, w in enumerate(order)}
-    back = np.array([pos[id(w)] for w in windows])
-    return {k: np.concatenate(v)[back] for k, v in out.items()}
+                out[name][part] = v[:, 0].numpy()
+    return out
 
 
 def _features_of(windows: list[_Window]) -> WindowFeatures:
