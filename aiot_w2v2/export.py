@@ -39,8 +39,7 @@ from torch.nn.utils import parametrize
 
 from .anomaly.clips import clip_windows
 from .anomaly.scorers import ENSEMBLE
-from .anomaly.scoring_model import ScoringModel, entry_key, load_scoring_model
-from .model.wav2vec2 import Wav2Vec2ForPreTraining
+from .anomaly.scoring_model import ScoringModel, entry_key, load_scoring_model, pretrained_copies
 from .quantize import quantize_dynamic_int8, quantize_static_int8
 
 log = logging.getLogger(__name__)
@@ -87,17 +86,17 @@ def narrow_model(model: ScoringModel, machines: Sequence[str] | None = None, sco
         return model
     index = torch.tensor(rows)
     stats = {name: value.index_select(0, index) for name, value in model.stats().items()}  # (E', ...)
-    new_meta = dataclasses.replace(meta, config=new_cfg, entries=[meta.entries[i] for i in rows])
-    return ScoringModel(model.frontend.model, new_meta, stats).eval()
+    entries = [meta.entries[i] for i in rows]
+    keys_needed = sorted({meta.frontend_of(m) for m, _ in entries})
+    new_meta = dataclasses.replace(meta, config=new_cfg, entries=entries, frontends=keys_needed)
+    return ScoringModel({k: model.frontends[k].model for k in keys_needed}, new_meta, stats).eval()
 
 
 def fold_weight_norm(model: ScoringModel) -> ScoringModel:
     """A copy with every parametrization (the positional conv's weight norm) replaced by its plain weight."""
     # A rebuilt copy, not copy.deepcopy: a deep copy shares the parametrized class with the original,
     # and removing the parametrization from the copy's class would break the original.
-    pc = model.meta.pretrain
-    pretrained = Wav2Vec2ForPreTraining(pc.model, pc.masking, pc.loss)
-    copy = ScoringModel(pretrained, model.meta, {k: v.clone() for k, v in model.stats().items()})
+    copy = ScoringModel(pretrained_copies(model.meta), model.meta, {k: v.clone() for k, v in model.stats().items()})
     copy.load_state_dict(model.state_dict(), strict=True)
     model = copy.eval()
     for module in model.modules():

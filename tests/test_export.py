@@ -99,7 +99,7 @@ def test_weight_norm_is_folded_into_a_plain_weight(fitted: Path, fp32_bundle: Pa
     model = load_scoring_model(fitted)
     graph = onnx.load(str(fp32_bundle / "model.onnx")).graph
     weights = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
-    name = "frontend.model.wav2vec2.encoder.pos_conv.conv.weight"
+    name = "frontends.shared.model.wav2vec2.encoder.pos_conv.conv.weight"
     assert name in weights and not any("original0" in k or "original1" in k for k in weights)
     folded = model.frontend.model.wav2vec2.encoder.pos_conv.conv.weight.detach().numpy()  # g * v / |v|
     np.testing.assert_allclose(weights[name], folded, rtol=1e-6, atol=1e-7)
@@ -155,7 +155,7 @@ def test_int8_bundle_stores_weights_compactly_with_fp32_math(fp32_bundle: Path, 
         np.testing.assert_allclose(onnx.numpy_helper.to_array(inits[f"{name}_fp16"]), want, rtol=1e-3, atol=1e-4)
     assert inits["stat_maha_prec"].data_type == T.FLOAT
     # The positional conv: int8 per output channel, dequantized into the fp32 Conv (no ConvInteger).
-    name = "frontend.model.wav2vec2.encoder.pos_conv.conv.weight"
+    name = "frontends.shared.model.wav2vec2.encoder.pos_conv.conv.weight"
     q, scale = inits[f"{name}_int8"], inits[f"{name}_scale"]
     assert q.data_type == T.INT8 and ops[name].op_type == "DequantizeLinear"
     w = onnx.numpy_helper.to_array(q).astype(np.float32) * onnx.numpy_helper.to_array(scale)[:, None, None]

@@ -251,3 +251,28 @@ def test_bad_training_clips_are_skipped_and_listed(run: Path, data: Path, tmp_pa
     assert sorted(Path(p).name for p in info["failed_files"]) == ["normal_id_00_00000090.wav",
                                                                    "normal_id_00_00000091.wav"]
     assert info["counts"]["fan/id_00"] == dict(clips=5, windows=15, failed=2, note="")
+
+
+def test_adaptation_gives_each_machine_type_its_own_model(run: Path, data: Path, tmp_path: Path) -> None:
+    from dataclasses import replace as dc_replace
+
+    from aiot_w2v2 import load_model
+    from aiot_w2v2.export import narrow_model
+
+    cfg = dc_replace(CFG, adapt_steps=2, scorers=("code_unigram", "mahalanobis"), ensemble=(),
+                     decision_scorer="mahalanobis")
+    fit_scoring(run, data, tmp_path / "model", cfg, progress=False)
+    model = load_scoring_model(tmp_path / "model")
+    assert sorted(model.frontends) == ["fan", "valve"] and model.meta.frontends == ["fan", "valve"]
+    base = load_model(run / "checkpoint_last").state_dict()
+    for key in ("fan", "valve"):
+        adapted = model.frontends[key].model.state_dict()
+        assert any(not torch.equal(adapted[k], base[k]) for k in base if base[k].is_floating_point())
+    info = json.loads((tmp_path / "model" / "scoring.json").read_text())["info"]["adapted"]
+    assert set(info) == {"fan", "valve"} and np.isfinite(info["fan"]["last_loss"])
+    x = torch.from_numpy(clip_windows(next((data / "valve" / "test").glob("*.wav")), 16000, 8000, 0))
+    one = narrow_model(model, machines=["valve/id_00"])
+    assert list(one.frontends) == ["valve"]
+    with torch.inference_mode():
+        full, part = model(x), one(x)
+    torch.testing.assert_close(part, full[:, 2:], rtol=1e-5, atol=1e-5)  # valve's columns, same scores

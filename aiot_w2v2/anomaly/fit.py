@@ -29,11 +29,12 @@ from ..checkpoint import is_checkpoint, load_pretrained, read_config
 from ..config import config_hash
 from ..data.manifest import build_manifest
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
+from .adapt import adapt_model
 from .clips import batches, clip_windows
 from .frontend import ScoringFrontend, WindowFeatures
 from .metrics import fit_threshold_info, id_key
 from .scorers import ENSEMBLE, fit_stats, score_windows, stack_stats
-from .scoring_model import ScoringConfig, ScoringMeta, ScoringModel, entry_key, save_scoring_model
+from .scoring_model import SHARED, ScoringConfig, ScoringMeta, ScoringModel, entry_key, save_scoring_model
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,6 @@ def fit_scoring(run: str | Path, data_dirs: list[str | Path] | str | Path, out: 
         raise ValueError(f"{ckpt}: a {meta_ckpt.get('kind')} checkpoint; the scorers need a pretraining "
                          "checkpoint (with its quantizer)")
     pretrained.eval()
-    frontend = ScoringFrontend(pretrained, cfg.embedding_layer, cfg.embedding_level, cfg.mask_span, cfg.mask_patterns,
-                               cfg.needs_contrastive(), cfg.energy_smoothing_ms)
 
     dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
     manifest = build_manifest(dirs)
@@ -129,11 +128,26 @@ def fit_scoring(run: str | Path, data_dirs: list[str | Path] | str | Path, out: 
         print(f"fit: {len(train)} normal training clips, {len(entries)} machine IDs, "
               f"windows of {cfg.window_seconds:g} s every {cfg.hop_seconds:g} s, scorers: {', '.join(cfg.scorers)}")
 
+    # The model(s) the scorers read: the pretrained one, or per machine type a copy adapted by
+    # continued pretraining on that type's normal training clips.
+    models: dict[str, Wav2Vec2ForPreTraining] = {SHARED: pretrained}
+    adapted: dict[str, dict] = {}
+    if cfg.adapt_steps > 0:
+        models = {}
+        for k, machine in enumerate(sorted({m for m, _ in entries})):
+            paths = list(train.loc[train["machine"] == machine, "path"])
+            models[machine], adapted[machine] = adapt_model(pretrained, paths, pcfg, cfg.adapt_steps, cfg.adapt_lr,
+                                                            seed=cfg.seed * 1000 + k, progress=progress,
+                                                            desc=f"adapt {machine}")
+    frontends = {key: ScoringFrontend(m, cfg.embedding_layer, cfg.embedding_level, cfg.mask_span, cfg.mask_patterns,
+                                      cfg.needs_contrastive(), cfg.energy_smoothing_ms) for key, m in models.items()}
+
     num_vars = pretrained.quantizer.num_vars
     per_entry_stats, thresholds, calibration, counts = [], {}, {}, {}
     all_errors: dict[str, str] = {}
     for e, (machine, machine_id) in enumerate(entries):
         key = entry_key(machine, machine_id)
+        frontend = frontends[machine if machine in frontends else SHARED]
         rows = train[(train["machine"] == machine) & (train["machine_id"] == machine_id)]
         per_clip, errors = extract(frontend, list(rows["path"]), window, hop, cfg, progress, key)
         all_errors.update(errors)
@@ -188,9 +202,9 @@ def fit_scoring(run: str | Path, data_dirs: list[str | Path] | str | Path, out: 
                 training_curves=str((ckpt.parent / "training_curves.png").resolve())
                 if (ckpt.parent / "training_curves.png").exists() else None,
                 data=[str(Path(d).resolve()) for d in dirs],
-                counts=counts, failed_files=all_errors, seconds=round(time.time() - t0, 1))
-    meta = ScoringMeta(cfg, pcfg, entries, sr, thresholds, calibration, info)
-    model = ScoringModel(pretrained, meta, stack_stats(per_entry_stats)).eval()
+                counts=counts, failed_files=all_errors, adapted=adapted, seconds=round(time.time() - t0, 1))
+    meta = ScoringMeta(cfg, pcfg, entries, sr, thresholds, calibration, info, frontends=sorted(models))
+    model = ScoringModel(models, meta, stack_stats(per_entry_stats)).eval()
     save_scoring_model(model, out)
     if progress:
         _print_fit_summary(meta, Path(out))

@@ -12,6 +12,7 @@ statistics) and `scoring.json` (format, configs, entries, thresholds, calibratio
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from .frontend import ScoringFrontend, WindowFeatures
 from .scorers import ENSEMBLE, SCORERS, score_windows
 
 FORMAT, VERSION = "aiot-w2v2-scoring", 1
+SHARED = "shared"  # the frontend key of the pretrained model shared by every machine type
 WEIGHTS, META = "scoring.safetensors", "scoring.json"
 
 
@@ -55,6 +57,10 @@ class ScoringConfig:
     max_knn_windows: int = 4096
     code_smoothing: float = 0.5  # additive smoothing of the code counts
     folds: int = 4  # cross-fitting for calibration and thresholds (folds of training clips)
+    # Continued pretraining per machine type on its normal training clips before fitting (0 = off): each
+    # machine type then gets its own copy of the model (a bundle for one machine carries one).
+    adapt_steps: int = 0
+    adapt_lr: float = 1e-4
     threshold_percentile: float = 0.9  # gamma fit (DCASE baseline)
     batch_windows: int = 32
     seed: int = 0
@@ -79,6 +85,8 @@ class ScoringConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mahalanobis_shrinkage is not None and not 0 <= self.mahalanobis_shrinkage < 1:
             raise ConfigError(f"mahalanobis_shrinkage must be in [0, 1) or null, got {self.mahalanobis_shrinkage}")
+        if self.adapt_steps < 0 or self.adapt_lr <= 0:
+            raise ConfigError(f"adapt_steps must be >= 0 and adapt_lr > 0, got {self.adapt_steps}, {self.adapt_lr}")
         if self.contrastive_topk < 0 or self.code_smoothing <= 0:
             raise ConfigError("contrastive_topk must be >= 0 and code_smoothing > 0")
         return self
@@ -103,6 +111,8 @@ class ScoringMeta:
     thresholds: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     calibration: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # provenance: run, config hash, counts, timings
+    # the pretrained model copies: [SHARED], or one per machine type adapted by continued pretraining
+    frontends: list[str] = field(default_factory=lambda: [SHARED])
 
     @property
     def window(self) -> int:
@@ -115,7 +125,12 @@ class ScoringMeta:
     def to_json(self) -> dict[str, Any]:
         return dict(format=FORMAT, version=VERSION, sample_rate=self.sample_rate, config=to_dict(self.config),
                     pretrain=to_dict(self.pretrain), entries=[list(e) for e in self.entries],
-                    thresholds=self.thresholds, calibration=self.calibration, info=self.info)
+                    thresholds=self.thresholds, calibration=self.calibration, info=self.info,
+                    frontends=self.frontends)
+
+    def frontend_of(self, machine: str) -> str:
+        """The frontend that scores `machine`: its own adapted copy, else the shared model."""
+        return machine if machine in self.frontends else SHARED
 
 
 def load_scoring_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ScoringConfig:
@@ -130,14 +145,32 @@ def entry_key(machine: str, machine_id: str) -> str:
 
 
 class ScoringModel(nn.Module):
-    """audio (B, S) float32 at 16 kHz -> scores (B, len(entries) * n_columns), higher = more anomalous."""
+    """audio (B, S) float32 at 16 kHz -> scores (B, len(entries) * n_columns), higher = more anomalous.
 
-    def __init__(self, pretrained: Wav2Vec2ForPreTraining, meta: ScoringMeta, stats: dict[str, Tensor]) -> None:
+    `pretrained` is one model shared by every machine ID, or a dict {frontend key: model} with the keys
+    of `meta.frontends` (machine types adapted by continued pretraining, and/or SHARED).
+    """
+
+    def __init__(self, pretrained: Wav2Vec2ForPreTraining | Mapping[str, Wav2Vec2ForPreTraining], meta: ScoringMeta,
+                 stats: dict[str, Tensor]) -> None:
         super().__init__()
         cfg = meta.config
         self.meta = meta
-        self.frontend = ScoringFrontend(pretrained, cfg.embedding_layer, cfg.embedding_level, cfg.mask_span,
-                                        cfg.mask_patterns, cfg.needs_contrastive(), cfg.energy_smoothing_ms)
+        models = {SHARED: pretrained} if isinstance(pretrained, nn.Module) else dict(pretrained)
+        if sorted(models) != sorted(meta.frontends):
+            raise ValueError(f"pretrained models for {sorted(models)}, but the meta lists {sorted(meta.frontends)}")
+        self.frontends = nn.ModuleDict({
+            key: ScoringFrontend(models[key], cfg.embedding_layer, cfg.embedding_level, cfg.mask_span,
+                                 cfg.mask_patterns, cfg.needs_contrastive(), cfg.energy_smoothing_ms)
+            for key in meta.frontends})
+        # Runs of consecutive entries scored by the same frontend: (key, first entry, end).
+        self.runs: list[tuple[str, int, int]] = []
+        for e, (machine, _) in enumerate(meta.entries):
+            key = meta.frontend_of(machine)
+            if self.runs and self.runs[-1][0] == key:
+                self.runs[-1] = (key, self.runs[-1][1], e + 1)
+            else:
+                self.runs.append((key, e, e + 1))
         for name, value in stats.items():
             self.register_buffer(f"stat_{name}", value)
         self.stat_names = tuple(stats)
@@ -155,21 +188,38 @@ class ScoringModel(nn.Module):
         self.register_buffer("cal_std", std)
         self.columns = [f"{entry_key(m, i)}/{s}" for m, i in meta.entries for s in per_entry]
 
+    @property
+    def frontend(self) -> ScoringFrontend:
+        """A frontend (they share architecture, window limits and kappa; weights differ when adapted)."""
+        return next(iter(self.frontends.values()))
+
     def stats(self) -> dict[str, Tensor]:
         return {name: getattr(self, f"stat_{name}") for name in self.stat_names}
 
-    def head(self, f: WindowFeatures) -> Tensor:
-        """Features of B windows -> (B, E * n_columns)."""
+    def head(self, f: WindowFeatures, rows: slice | None = None) -> Tensor:
+        """Features of B windows -> (B, E' * n_columns) for the entries `rows` (None: all)."""
         cfg = self.meta.config
-        parts = score_windows(f, self.stats(), cfg.scorers, self.frontend.logit_temp, cfg.knn_k, cfg.contrastive_topk)
-        scores = torch.stack([parts[s] for s in cfg.scorers], -1)  # (B, E, S)
+        stats, cal_mean, cal_std = self.stats(), self.cal_mean, self.cal_std
+        if rows is not None:  # only then: a traced slice of a buffer becomes a new, renamed constant
+            stats = {k: v[rows] for k, v in stats.items()}
+            cal_mean, cal_std = cal_mean[rows], cal_std[rows]
+        parts = score_windows(f, stats, cfg.scorers, self.frontend.logit_temp, cfg.knn_k, cfg.contrastive_topk)
+        scores = torch.stack([parts[s] for s in cfg.scorers], -1)  # (B, E', S)
         if cfg.ensemble:
-            z = (scores - self.cal_mean[None]) / self.cal_std[None]
+            z = (scores - cal_mean[None]) / cal_std[None]
             scores = torch.cat([scores, z.index_select(2, self.ens_index).mean(-1, keepdim=True)], -1)
         return scores.flatten(1)
 
     def forward(self, audio: Tensor) -> Tensor:
-        return self.head(self.frontend(audio))
+        if len(self.runs) == 1:
+            return self.head(self.frontends[self.runs[0][0]](audio))
+        features: dict[str, WindowFeatures] = {}
+        out = []
+        for key, start, end in self.runs:
+            if key not in features:
+                features[key] = self.frontends[key](audio)
+            out.append(self.head(features[key], slice(start, end)))
+        return torch.cat(out, 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -201,7 +251,13 @@ def read_meta(path: str | Path) -> ScoringMeta:
                        pretrain=from_dict(PretrainConfig, raw["pretrain"]).validate(),
                        entries=[(str(m), str(i)) for m, i in raw["entries"]], sample_rate=int(raw["sample_rate"]),
                        thresholds=raw.get("thresholds", {}), calibration=raw.get("calibration", {}),
-                       info=raw.get("info", {}))
+                       info=raw.get("info", {}), frontends=list(raw.get("frontends", [SHARED])))
+
+
+def pretrained_copies(meta: ScoringMeta) -> dict[str, Wav2Vec2ForPreTraining]:
+    """Freshly initialised pretrained models, one per frontend of `meta` (to load a state dict into)."""
+    pc = meta.pretrain
+    return {key: Wav2Vec2ForPreTraining(pc.model, pc.masking, pc.loss) for key in meta.frontends}
 
 
 def load_scoring_model(path: str | Path) -> ScoringModel:
@@ -210,7 +266,6 @@ def load_scoring_model(path: str | Path) -> ScoringModel:
     meta = read_meta(p)
     state = load_file(str(p / WEIGHTS))
     stats = {k[len("stat_"):]: v for k, v in state.items() if k.startswith("stat_")}
-    pc = meta.pretrain
-    model = ScoringModel(Wav2Vec2ForPreTraining(pc.model, pc.masking, pc.loss), meta, stats)
+    model = ScoringModel(pretrained_copies(meta), meta, stats)
     model.load_state_dict(state, strict=True)
     return model.eval()
