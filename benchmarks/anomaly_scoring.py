@@ -42,6 +42,7 @@ VARIANTS: dict[str, list[str]] = {
     "shrink-1e-3": ["mahalanobis_shrinkage=0.001"] + EMB,
     "shrink-1e-4": ["mahalanobis_shrinkage=0.0001"] + EMB,
     "adapt-100": ["adapt_steps=100"],
+    "adapt-100-lr1e-3": ["adapt_steps=100", "adapt_lr=0.001"],
     "window1s": ["window_seconds=1.0", "hop_seconds=0.5"],
     "window4s": ["window_seconds=4.0", "hop_seconds=4.0"],
     "contrastive-top20": ["contrastive_topk=20", "scorers=[contrastive,contrastive_bank]", "ensemble=[]",
