@@ -276,3 +276,13 @@ def test_adaptation_gives_each_machine_type_its_own_model(run: Path, data: Path,
     with torch.inference_mode():
         full, part = model(x), one(x)
     torch.testing.assert_close(part, full[:, 2:], rtol=1e-5, atol=1e-5)  # valve's columns, same scores
+
+
+def test_a_model_folder_missing_newer_settings_warns(fitted: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(fitted, old)
+    meta = json.loads((old / "scoring.json").read_text())
+    del meta["config"]["energy_smoothing_ms"]
+    (old / "scoring.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="without the scoring settings energy_smoothing_ms"):
+        load_scoring_model(old)

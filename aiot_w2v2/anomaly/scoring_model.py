@@ -12,8 +12,9 @@ statistics) and `scoring.json` (format, configs, entries, thresholds, calibratio
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,11 @@ def read_meta(path: str | Path) -> ScoringMeta:
         raise ValueError(f"{p / META}: format {raw.get('format')!r}, expected {FORMAT!r}")
     if int(raw.get("version", 0)) > VERSION:
         raise ValueError(f"{p / META}: version {raw['version']} is newer than this aiot-w2v2 reads ({VERSION})")
+    missing = sorted({f.name for f in fields(ScoringConfig)} - set(raw.get("config", {})))
+    if missing:  # written before these settings existed: today's defaults may not be what it was fitted with
+        warnings.warn(f"{p}: written by an older aiot-w2v2 without the scoring settings {', '.join(missing)}; "
+                      "they take today's defaults, which may not match its fitted statistics: refit with "
+                      "`aiot-w2v2 fit`", stacklevel=2)
     return ScoringMeta(config=from_dict(ScoringConfig, raw["config"], "scoring").validate(),
                        pretrain=from_dict(PretrainConfig, raw["pretrain"]).validate(),
                        entries=[(str(m), str(i)) for m, i in raw["entries"]], sample_rate=int(raw["sample_rate"]),
