@@ -40,6 +40,16 @@ def is_checkpoint(path: str | Path) -> bool:
         return False
 
 
+def resolve_run(path: str | Path, order: tuple[str, ...] = ("checkpoint_last", "checkpoint_best")) -> Path:
+    """A run folder's checkpoint (the first of `order` it holds), or `path` itself when it is not a run folder."""
+    p = Path(path)
+    if not is_checkpoint(p):
+        for sub in order:
+            if is_checkpoint(p / sub):
+                return p / sub
+    return p
+
+
 def write_atomic(out: str | Path, files: dict[str, Any]) -> Path:
     """Write a folder atomically. `files` maps names to a tensor dict (safetensors) or a JSON-able object."""
     out = Path(out)

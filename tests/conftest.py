@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from aiot_w2v2.config import LossConfig, MaskingConfig, ModelConfig
+from aiot_w2v2.config import LossConfig, MaskingConfig, ModelConfig, PretrainConfig
 
 torch.set_num_threads(2)
 
@@ -33,3 +35,25 @@ def tiny_loss() -> LossConfig:
 @pytest.fixture
 def tiny_masking() -> MaskingConfig:
     return MaskingConfig()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (small layers; on a busy 2-core CPU two threads wait on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def save_tiny_pretraining_run(root: Path, seed: int = 0) -> Path:
+    """A run folder with a random tiny layer-norm pretraining checkpoint (cross-sample distractors) in
+    `root/checkpoint_last`, as the anomaly scorers read it; returns `root`."""
+    from aiot_w2v2.checkpoint import save_pretrained
+    from aiot_w2v2.model import Wav2Vec2ForPreTraining
+
+    torch.manual_seed(seed)
+    cfg = PretrainConfig(model=tiny_model_config(extractor_mode="layer_norm", conv_bias=True),
+                         loss=LossConfig(num_negatives=0, cross_sample_negatives=10))
+    save_pretrained(Wav2Vec2ForPreTraining(cfg.model, cfg.masking, cfg.loss), cfg, root / "checkpoint_last")
+    return root

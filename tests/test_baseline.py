@@ -36,14 +36,7 @@ from aiot_w2v2.synth import generate_dataset
 CFG = LogMelConfig()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as run_baseline uses: the layers are small and a busy CPU makes two threads
-    wait on each other (20x slower on a shared 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread, as run_baseline uses
 
 
 # ---------------------------------------------------------------------------------------------------

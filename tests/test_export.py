@@ -16,15 +16,12 @@ import torch
 from aiot_edge.bundle import Bundle, BundleError, write_bundle_json
 from aiot_edge.cli import main as edge_main
 from aiot_edge.runtime import Scorer
-from conftest import tiny_model_config
+from conftest import save_tiny_pretraining_run
 
 from aiot_w2v2.anomaly.fit import fit_scoring
 from aiot_w2v2.anomaly.scoring_model import ScoringConfig, load_scoring_model
-from aiot_w2v2.checkpoint import save_pretrained
 from aiot_w2v2.cli import main as cli_main
-from aiot_w2v2.config import LossConfig, PretrainConfig
 from aiot_w2v2.export import ExportError, check_parity, export_bundle, narrow_model, session
-from aiot_w2v2.model import Wav2Vec2ForPreTraining
 from aiot_w2v2.synth import generate_dataset
 
 CFG = ScoringConfig(window_seconds=1.0, hop_seconds=0.5, folds=2, bank_frames=64, max_knn_windows=64,
@@ -32,12 +29,7 @@ CFG = ScoringConfig(window_seconds=1.0, hop_seconds=0.5, folds=2, bank_frames=64
 CONTRACT = {"file", "machine", "machine_id", "window_start", "window_end", "scores", "score", "anomaly"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +42,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fitted(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = PretrainConfig(model=tiny_model_config(extractor_mode="layer_norm", conv_bias=True),
-                         loss=LossConfig(num_negatives=0, cross_sample_negatives=10))
-    run = tmp_path_factory.mktemp("run")
-    save_pretrained(Wav2Vec2ForPreTraining(cfg.model, cfg.masking, cfg.loss), cfg, run / "checkpoint_last")
+    run = save_tiny_pretraining_run(tmp_path_factory.mktemp("run"))
     out = tmp_path_factory.mktemp("fitted") / "model"
     torch.set_num_threads(1)
     fit_scoring(run, data, out, CFG, progress=False)

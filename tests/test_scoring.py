@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from conftest import tiny_model_config
+from conftest import save_tiny_pretraining_run
 from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
 from aiot_w2v2.anomaly.clips import ClipTooShort, clip_windows
@@ -22,21 +22,14 @@ from aiot_w2v2.anomaly.fit import extract, fit_scoring
 from aiot_w2v2.anomaly.frontend import ScoringFrontend
 from aiot_w2v2.anomaly.scorers import score_windows, stack_stats
 from aiot_w2v2.anomaly.scoring_model import ScoringConfig, load_scoring_config, load_scoring_model
-from aiot_w2v2.checkpoint import save_pretrained
 from aiot_w2v2.cli import main as cli_main
-from aiot_w2v2.config import ConfigError, LossConfig, PretrainConfig
-from aiot_w2v2.model import Wav2Vec2ForPreTraining
+from aiot_w2v2.config import ConfigError
 from aiot_w2v2.synth import generate_dataset
 
 CFG = ScoringConfig(window_seconds=1.0, hop_seconds=0.5, folds=2, bank_frames=64, max_knn_windows=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +42,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = PretrainConfig(model=tiny_model_config(extractor_mode="layer_norm", conv_bias=True),
-                         loss=LossConfig(num_negatives=0, cross_sample_negatives=10))
-    model = Wav2Vec2ForPreTraining(cfg.model, cfg.masking, cfg.loss)
-    root = tmp_path_factory.mktemp("run")
-    save_pretrained(model, cfg, root / "checkpoint_last")
-    return root
+    return save_tiny_pretraining_run(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")

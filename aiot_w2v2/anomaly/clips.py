@@ -9,7 +9,7 @@ shorter clip raises `ClipTooShort`. Silence and clipping are scored like any oth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +35,34 @@ def clip_windows(path: str | Path, window: int, hop: int, min_samples: int, samp
     return x[None, :]
 
 
-def batches(windows: list[np.ndarray], batch_size: int) -> Iterator[tuple[list[int], Tensor]]:
-    """Group windows (each (S,)) of equal length into batches: yields (their indices, (B, S) tensor)."""
+def read_windows(paths: Sequence[str], window: int, hop: int, min_samples: int,
+                 sample_rate: int = 16000) -> tuple[list[np.ndarray], list[int], dict[str, str]]:
+    """Every clip's windows in one list, the clip index of each, and the clips that failed (path -> reason)."""
+    flat: list[np.ndarray] = []
+    owner: list[int] = []
+    errors: dict[str, str] = {}
+    for k, path in enumerate(paths):
+        try:
+            w = clip_windows(path, window, hop, min_samples, sample_rate)
+        except (OSError, ValueError) as exc:  # AudioError is a ValueError
+            errors[path] = str(exc)
+            continue
+        flat += list(w)
+        owner += [k] * len(w)
+    return flat, owner, errors
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped by equal length, in batches of at most `batch_size` (a batch needs one length)."""
     by_len: dict[int, list[int]] = {}
-    for i, w in enumerate(windows):
-        by_len.setdefault(w.shape[0], []).append(i)
+    for i, n in enumerate(lengths):
+        by_len.setdefault(n, []).append(i)
     for idx in by_len.values():
         for k in range(0, len(idx), batch_size):
-            part = idx[k: k + batch_size]
-            yield part, torch.from_numpy(np.stack([windows[i] for i in part]))
+            yield idx[k: k + batch_size]
+
+
+def batches(windows: list[np.ndarray], batch_size: int) -> Iterator[tuple[list[int], Tensor]]:
+    """Group windows (each (S,)) of equal length into batches: yields (their indices, (B, S) tensor)."""
+    for part in length_batches([w.shape[0] for w in windows], batch_size):
+        yield part, torch.from_numpy(np.stack([windows[i] for i in part]))

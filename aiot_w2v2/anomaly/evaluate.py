@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from ..data.manifest import build_manifest
-from .clips import batches, clip_windows
+from .clips import batches, read_windows
 from .metrics import extended_results, id_key, results_table, write_dcase_csvs
 from .report import print_summary, write_report
 from .scoring_model import ScoringModel, entry_key, load_scoring_model
@@ -40,17 +40,7 @@ def score_clips(model: ScoringModel, paths: list[str], batch_size: int = 32,
                 progress: bool = True) -> tuple[np.ndarray, dict[str, str]]:
     """(n_clips, n_columns) mean window scores (NaN rows for clips that failed) and the failures."""
     meta = model.meta
-    flat: list[np.ndarray] = []
-    owner: list[int] = []
-    errors: dict[str, str] = {}
-    for k, path in enumerate(paths):
-        try:
-            w = clip_windows(path, meta.window, meta.hop, model.frontend.min_samples, meta.sample_rate)
-        except (OSError, ValueError) as exc:
-            errors[path] = str(exc)
-            continue
-        flat += list(w)
-        owner += [k] * len(w)
+    flat, owner, errors = read_windows(paths, meta.window, meta.hop, model.frontend.min_samples, meta.sample_rate)
     sums = np.zeros((len(paths), len(model.columns)))
     counts = np.zeros(len(paths))
     bar = tqdm(total=len(flat), desc="scoring", unit="win", disable=not progress)

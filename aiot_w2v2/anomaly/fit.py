@@ -25,16 +25,25 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import is_checkpoint, load_pretrained, read_config
+from ..checkpoint import is_checkpoint, load_pretrained, read_config, resolve_run
 from ..config import config_hash
 from ..data.manifest import build_manifest
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
+from ..train.state import CHECKPOINT_LAST
 from .adapt import adapt_model
-from .clips import batches, clip_windows
+from .clips import batches, length_batches, read_windows
 from .frontend import ScoringFrontend, WindowFeatures
 from .metrics import fit_threshold_info, id_key
 from .scorers import ENSEMBLE, fit_stats, score_windows, stack_stats
-from .scoring_model import SHARED, ScoringConfig, ScoringMeta, ScoringModel, entry_key, save_scoring_model
+from .scoring_model import (
+    SHARED,
+    ScoringConfig,
+    ScoringMeta,
+    ScoringModel,
+    entry_key,
+    make_frontend,
+    save_scoring_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +60,11 @@ class _Window:
 
 def resolve_checkpoint(run: str | Path) -> Path:
     """A pretraining run folder (its checkpoint_last) or a checkpoint folder."""
-    p = Path(run)
-    for cand in (p, p / "checkpoint_last"):
-        if is_checkpoint(cand):
-            return cand
-    raise FileNotFoundError(f"{p}: no aiot-w2v2 checkpoint here or in {p / 'checkpoint_last'} "
-                            "(pretrain one with `aiot-w2v2 pretrain`, or convert one with `aiot-w2v2 convert`)")
+    p = resolve_run(run, (CHECKPOINT_LAST,))
+    if not is_checkpoint(p):
+        raise FileNotFoundError(f"{run}: no aiot-w2v2 checkpoint here or in {Path(run) / CHECKPOINT_LAST} "
+                                "(pretrain one with `aiot-w2v2 pretrain`, or convert one with `aiot-w2v2 convert`)")
+    return p
 
 
 def _bank(windows: list[_Window], n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -80,16 +88,10 @@ def _score(frontend: ScoringFrontend, stats: dict[str, np.ndarray], windows: lis
     """Scores of already-extracted windows, without running the model again."""
     s = stack_stats([stats])
     out = {name: np.zeros(len(windows)) for name in cfg.scorers}
-    by_len: dict[int, list[int]] = {}  # a batch needs windows of one length
-    for i, w in enumerate(windows):
-        by_len.setdefault(w.codes.shape[0], []).append(i)
-    for idx in by_len.values():
-        for k in range(0, len(idx), cfg.batch_windows):
-            part = idx[k: k + cfg.batch_windows]
-            f = _features_of([windows[i] for i in part])
-            for name, v in score_windows(f, s, cfg.scorers, frontend.logit_temp, cfg.knn_k,
-                                         cfg.contrastive_topk).items():
-                out[name][part] = v[:, 0].numpy()
+    for part in length_batches([w.codes.shape[0] for w in windows], cfg.batch_windows):
+        f = _features_of([windows[i] for i in part])
+        for name, v in score_windows(f, s, cfg.scorers, frontend.logit_temp, cfg.knn_k, cfg.contrastive_topk).items():
+            out[name][part] = v[:, 0].numpy()
     return out
 
 
@@ -139,8 +141,7 @@ def fit_scoring(run: str | Path, data_dirs: list[str | Path] | str | Path, out: 
             models[machine], adapted[machine] = adapt_model(pretrained, paths, pcfg, cfg.adapt_steps, cfg.adapt_lr,
                                                             seed=cfg.seed * 1000 + k, progress=progress,
                                                             desc=f"adapt {machine}")
-    frontends = {key: ScoringFrontend(m, cfg.embedding_layer, cfg.embedding_level, cfg.mask_span, cfg.mask_patterns,
-                                      cfg.needs_contrastive(), cfg.energy_smoothing_ms) for key, m in models.items()}
+    frontends = {key: make_frontend(m, cfg) for key, m in models.items()}
 
     num_vars = pretrained.quantizer.num_vars
     per_entry_stats, thresholds, calibration, counts = [], {}, {}, {}
@@ -215,18 +216,9 @@ def extract(frontend: ScoringFrontend, paths: list[str], window: int, hop: int, 
             progress: bool = True, desc: str = "windows") -> tuple[list[list[_Window]], dict[str, str]]:
     """Per clip its windows' features; clips that fail are left empty and listed in `errors` (path -> reason)."""
     per_clip: list[list[_Window]] = [[] for _ in paths]
-    errors: dict[str, str] = {}
-    flat: list[np.ndarray] = []
-    owner: list[int] = []
-    for k, path in enumerate(paths):
-        try:
-            w = clip_windows(path, window, hop, frontend.min_samples)
-        except (OSError, ValueError) as exc:
-            errors[path] = str(exc)
-            log.warning("skipped %s", exc)
-            continue
-        flat += list(w)
-        owner += [k] * len(w)
+    flat, owner, errors = read_windows(paths, window, hop, frontend.min_samples)
+    for reason in errors.values():
+        log.warning("skipped %s", reason)
     bar = tqdm(total=len(flat), desc=desc, unit="win", disable=not progress)
     with torch.inference_mode():
         for idx, x in batches(flat, cfg.batch_windows):

@@ -141,6 +141,12 @@ def load_scoring_config(path: str | Path | None = None, overrides: list[str] | N
     return from_dict(ScoringConfig, data, "scoring").validate()
 
 
+def make_frontend(model: Wav2Vec2ForPreTraining, cfg: ScoringConfig) -> ScoringFrontend:
+    """The frontend `cfg` describes, over `model`."""
+    return ScoringFrontend(model, cfg.embedding_layer, cfg.embedding_level, cfg.mask_span, cfg.mask_patterns,
+                           cfg.needs_contrastive(), cfg.energy_smoothing_ms)
+
+
 def entry_key(machine: str, machine_id: str) -> str:
     return f"{machine}/{machine_id}"
 
@@ -160,10 +166,7 @@ class ScoringModel(nn.Module):
         models = {SHARED: pretrained} if isinstance(pretrained, nn.Module) else dict(pretrained)
         if sorted(models) != sorted(meta.frontends):
             raise ValueError(f"pretrained models for {sorted(models)}, but the meta lists {sorted(meta.frontends)}")
-        self.frontends = nn.ModuleDict({
-            key: ScoringFrontend(models[key], cfg.embedding_layer, cfg.embedding_level, cfg.mask_span,
-                                 cfg.mask_patterns, cfg.needs_contrastive(), cfg.energy_smoothing_ms)
-            for key in meta.frontends})
+        self.frontends = nn.ModuleDict({key: make_frontend(models[key], cfg) for key in meta.frontends})
         # Runs of consecutive entries scored by the same frontend: (key, first entry, end).
         self.runs: list[tuple[str, int, int]] = []
         for e, (machine, _) in enumerate(meta.entries):

@@ -62,10 +62,7 @@ def _load_init(path: Path) -> tuple[Wav2Vec2Model, dict | None, Vocabulary | Non
     """(encoder, CTC head or None, its vocabulary, whether inputs are normalised) of a checkpoint."""
     from .. import load_model
 
-    for sub in RUN_CHECKPOINTS:  # a run folder (pretraining or fine-tuning)
-        if not checkpoint.is_checkpoint(path) and checkpoint.is_checkpoint(path / sub):
-            path = path / sub
-            break
+    path = checkpoint.resolve_run(path, RUN_CHECKPOINTS)  # a run folder (pretraining or fine-tuning)
     if not path.exists():
         raise FileNotFoundError(f"--init {path}: no such checkpoint (or use --init scratch)")
     model = load_model(path)

@@ -220,13 +220,9 @@ def load_ctc_model(path: str | Path, map_location: str = "cpu") -> Wav2Vec2ForCT
     """A CTC model from our checkpoint (a fine-tuning run folder, its checkpoint, or a converted CTC
     model), an HF `Wav2Vec2ForCTC` folder or a fairseq fine-tuned `.pt` (+ dict.ltr.txt)."""
     from .. import load_model
-    from ..checkpoint import is_checkpoint
+    from ..checkpoint import is_checkpoint, resolve_run
 
-    p = Path(path)
-    for sub in ("checkpoint_best", "checkpoint_last"):  # a run folder
-        if not is_checkpoint(p) and is_checkpoint(p / sub):
-            p = p / sub
-            break
+    p = resolve_run(path, ("checkpoint_best", "checkpoint_last"))  # a run folder
     model = load_model(p, map_location)
     if isinstance(model, Wav2Vec2ForCTC):
         return model
