@@ -71,6 +71,21 @@ def test_fit_saves_a_model_that_reloads_to_the_same_scores(fitted: Path, data: P
     torch.testing.assert_close(one[0], a[0], rtol=1e-5, atol=1e-5)  # a window's score does not depend on its batch
 
 
+def test_embedding_scorers_alone_stop_after_the_embedding_layer(run: Path, data: Path, fitted: Path,
+                                                                 tmp_path: Path) -> None:
+    cfg = replace(CFG, scorers=("knn", "mahalanobis"), ensemble=(), decision_scorer="mahalanobis")
+    fit_scoring(run, data, tmp_path / "m", cfg, progress=False)
+    small, full = load_scoring_model(tmp_path / "m"), load_scoring_model(fitted)
+    x = torch.from_numpy(clip_windows(next((data / "valve" / "test").glob("*.wav")), 16000, 8000, 0))
+    with torch.inference_mode():
+        f = small.frontend(x)
+        got, want = small(x), full(x)
+    assert f.codes.shape[1] == 0 and f.self_loss.shape == (x.shape[0], 0)  # no frames: no Transformer, no codes
+    for col in ("fan/id_00/mahalanobis", "valve/id_00/knn"):
+        torch.testing.assert_close(got[:, small.columns.index(col)], want[:, full.columns.index(col)],
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_fixed_masks_cover_every_frame_once_and_give_the_masked_pass_context(run: Path, data: Path) -> None:
     from aiot_w2v2 import load_model
 
@@ -90,6 +105,44 @@ def test_fixed_masks_cover_every_frame_once_and_give_the_masked_pass_context(run
     assert f.self_loss.shape == (x.shape[0], T) and torch.isfinite(f.self_loss).all() and (f.self_loss >= 0).all()
     codes = pretrained.quantizer.codes(enc.features[0])
     assert torch.equal(f.codes[0], codes)
+
+
+def test_rhythm_features_are_band_envelope_autocorrelations(run: Path, data: Path) -> None:
+    from aiot_w2v2 import load_model
+
+    pretrained = load_model(run / "checkpoint_last").eval()
+    lags_ms = (20.0, 40.0, 300.0, 5000.0)  # the last is longer than the window: no overlap, 0
+    fe = ScoringFrontend(pretrained, envelope_bands=3, envelope_frame_ms=10.0, envelope_lags_ms=lags_ms)
+    x = torch.from_numpy(clip_windows(next((data / "valve" / "train").glob("*.wav")), 16000, 8000, 0))
+    with torch.inference_mode():
+        got = fe(x).embedding.double().numpy()
+    conv = pretrained.wav2vec2.feature_extractor.blocks[0].conv
+    w, stride = conv.weight.detach().double().numpy()[:, 0], conv.stride[0]  # (C, K)
+    C, K = w.shape
+    bias = 0.0 if conv.bias is None else conv.bias.detach().double().numpy()
+    # bands: channels sorted by the spectral centroid of their filter, split into 3 contiguous groups
+    power = np.abs(np.fft.rfft(w, n=256, axis=1)) ** 2
+    order = np.argsort((power * np.arange(power.shape[1])).sum(1) / power.sum(1), kind="stable")
+    bands = np.array_split(order, 3)
+    assert sorted(np.concatenate(bands).tolist()) == list(range(C))
+    frame = round(0.010 * 16000 / stride)
+    for i, win in enumerate(x.double().numpy()):
+        n = (win.size - K) // stride + 1
+        pre = np.stack([win[t * stride: t * stride + K] for t in range(n)]) @ w.T + bias
+        e = pre**2  # (T, C)
+        m = (n // frame) * frame
+        env = np.log(e[:m].reshape(-1, frame, C).mean(1) + 1e-10)  # (T', C)
+        for b, idx in enumerate(bands):
+            g = env[:, idx].mean(1)
+            g = g - g.mean()
+            for j, lag in enumerate(round(ms / 10.0) for ms in lags_ms):
+                want = (g[:-lag] * g[lag:]).sum() / (g @ g) if lag < g.size else 0.0
+                assert got[i, 2 * C + b * len(lags_ms) + j] == pytest.approx(want, abs=2e-3)
+    off = ScoringFrontend(pretrained)  # envelope_bands=0: only the channel statistics
+    with torch.inference_mode():
+        assert off(x).embedding.shape[1] == 2 * C
+    with pytest.raises(ValueError, match="envelope_bands"):
+        ScoringFrontend(pretrained, envelope_bands=C + 1, envelope_lags_ms=(20.0,))
 
 
 def test_scorers_equal_their_definitions(run: Path, data: Path) -> None:

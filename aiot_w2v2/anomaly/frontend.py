@@ -10,6 +10,10 @@
   network's norms erase level and, deeper in, most of the spectral balance (benchmarks/RESULTS.md,
   "Anomaly scoring"); the first conv layer is a learned filter bank whose band energies keep it.
   `embedding_level="relative"` subtracts the mean over channels (per-window loudness removed).
+  With `envelope_bands` > 0 it also carries the rhythm of the window: the channels, sorted by the
+  spectral centroid of their filters, are split into that many bands; the log energy of each band,
+  in `envelope_frame_ms` frames, is autocorrelated at `envelope_lags_ms` (normalised by lag 0).
+  Periodic machines (valves, sliders, pumps) keep their timing there, which window statistics miss.
   `transformer<i>`: mean and standard deviation over time of hidden state i (0 = Transformer input).
 - `codes` (B, T, G): the quantizer's code per frame and group (argmax, as in evaluation).
 - `context` (B, T, F) and `targets` (B, T, F), unit length: the contrastive prediction of every
@@ -62,7 +66,9 @@ class ScoringFrontend(nn.Module):
 
     def __init__(self, model: Wav2Vec2ForPreTraining, embedding_layer: str = "conv0",
                  embedding_level: str = "relative", mask_span: int = 10, mask_patterns: int = 5,
-                 contrastive: bool = True, energy_smoothing_ms: float = 80.0, sample_rate: int = 16000) -> None:
+                 contrastive: bool = True, energy_smoothing_ms: float = 80.0, envelope_bands: int = 0,
+                 envelope_frame_ms: float = 10.0, envelope_lags_ms: tuple[float, ...] = (),
+                 sample_rate: int = 16000, codes: bool = True) -> None:
         super().__init__()
         if model.quantizer is None:
             raise ValueError("the scorers need a model with its quantizer (a pretraining checkpoint)")
@@ -77,6 +83,9 @@ class ScoringFrontend(nn.Module):
         self.relative = embedding_level == "relative"
         self.mask_span, self.mask_patterns = mask_span, mask_patterns
         self.contrastive = contrastive  # False: skip the masked passes (context and self_loss are zeros)
+        # False with a conv embedding: stop after that conv layer (codes, context, targets have no frames);
+        # a bundle of embedding scorers alone then runs one or a few convs instead of the whole model.
+        self.codes = codes or self.kind != "conv"
         self.logit_temp = model.loss_config.logit_temp
         if energy_smoothing_ms <= 0:
             raise ValueError(f"energy_smoothing_ms must be > 0, got {energy_smoothing_ms}")
@@ -88,6 +97,27 @@ class ScoringFrontend(nn.Module):
                 break
         pool = round(energy_smoothing_ms / 1000 * sample_rate / stride)
         self.energy_pool = max(1, pool) if self.kind == "conv" else 1
+        self.envelope_bands = envelope_bands if self.kind == "conv" else 0
+        if self.envelope_bands:
+            block = w2v.feature_extractor.blocks[self.layer]
+            channels = block.conv.out_channels
+            if not 1 <= self.envelope_bands <= channels or not envelope_lags_ms or envelope_frame_ms <= 0:
+                raise ValueError(f"envelope_bands must be in 1..{channels} with envelope_lags_ms and envelope_frame_ms"
+                                 f" > 0, got {envelope_bands}, {envelope_lags_ms}, {envelope_frame_ms}")
+            self.envelope_pool = max(1, round(envelope_frame_ms / 1000 * sample_rate / stride))
+            self.envelope_lags = sorted({max(1, round(lag / envelope_frame_ms)) for lag in envelope_lags_ms})
+            # Saved with the model (the weights it is computed from may be adapted or loaded later).
+            self.register_buffer("band_weights", self.bands_of(block.conv.weight.detach(), self.envelope_bands))
+
+    @staticmethod
+    def bands_of(weight: Tensor, bands: int) -> Tensor:
+        """conv weight (C, C_in, K) -> (C, bands): each band the mean over its channels, low to high centroid."""
+        power = torch.fft.rfft(weight.float(), n=256, dim=-1).abs().pow(2).sum(1)  # (C, 129)
+        centroid = (power * torch.arange(power.shape[1])).sum(1) / (power.sum(1) + _EPS)
+        out = torch.zeros(weight.shape[0], bands)
+        for b, idx in enumerate(torch.tensor_split(centroid.argsort(), bands)):
+            out[idx, b] = 1.0 / len(idx)
+        return out
 
     @property
     def min_samples(self) -> int:
@@ -96,7 +126,9 @@ class ScoringFrontend(nn.Module):
         return fe.receptive_field + (2 * self.mask_span - 1) * fe.stride
 
     def _conv_stack(self, audio: Tensor) -> tuple[Tensor, Tensor | None]:
-        """audio (B, S) -> final conv features (B, T, C) and the chosen layer's pre-norm output (B, T_i, C_i)."""
+        """audio (B, S) -> final conv features (B, T, C) and the chosen layer's pre-norm output (B, T_i, C_i).
+
+        Without `codes` it stops at the chosen layer (the features returned are that layer's output)."""
         fe = self.model.wav2vec2.feature_extractor
         time_major = fe.blocks[0].time_major
         x = audio[:, :, None] if time_major else audio[:, None, :]
@@ -112,22 +144,41 @@ class ScoringFrontend(nn.Module):
                 pre_tm = pre.transpose(1, 2)
             if self.kind == "conv" and i == self.layer:
                 tap = pre_tm
+                if not self.codes:
+                    break
         feats = x if time_major else x.transpose(1, 2)  # (B, T, C)
         return feats, tap
 
     def _energy_embedding(self, pre: Tensor) -> Tensor:
-        """pre (B, T_i, C) -> (B, 2C): mean log energy per channel and std over time of its log energy."""
+        """pre (B, T_i, C) -> (B, 2C [+ bands * lags]): mean log energy per channel, std over time of its
+        log energy [, the rhythm: autocorrelation of each band's log-energy envelope at the lags]."""
         e = pre.float().pow(2)
         mean_log = torch.log(e.mean(1) + _EPS)  # (B, C)
         if self.relative:
             mean_log = mean_log - mean_log.mean(1, keepdim=True)
         smooth = F.avg_pool1d(e.transpose(1, 2), self.energy_pool, self.energy_pool)  # (B, C, T)
         std_log = torch.log(smooth + _EPS).std(2)  # (B, C)
-        return torch.cat([mean_log, std_log], 1)
+        if not self.envelope_bands:
+            return torch.cat([mean_log, std_log], 1)
+        env = torch.log(F.avg_pool1d(e.transpose(1, 2), self.envelope_pool, self.envelope_pool) + _EPS)
+        band = torch.einsum("bct,cn->bnt", env, self.band_weights)  # (B, bands, T')
+        band = band - band.mean(2, keepdim=True)
+        power = band.pow(2).sum(2) + 1e-9  # (B, bands): lag 0
+        # Lags longer than the window give empty sums: 0, the autocorrelation of no overlap.
+        rhythm = torch.stack([(band[:, :, :-lag] * band[:, :, lag:]).sum(2) / power for lag in self.envelope_lags], 2)
+        return torch.cat([mean_log, std_log, rhythm.flatten(1)], 1)
 
     def forward(self, audio: Tensor) -> WindowFeatures:
         w2v = self.model.wav2vec2
         feats, tap = self._conv_stack(audio)
+        if not self.codes:  # the embedding alone: empty frame tensors keep WindowFeatures' shapes
+            embedding = self._energy_embedding(tap)
+            B = audio.shape[0]
+            q = self.model.quantizer
+            dim = self.model.final_proj.out_features
+            return WindowFeatures(embedding, torch.zeros(B, 0, q.num_groups, dtype=torch.long, device=audio.device),
+                                  embedding.new_zeros(B, 0, dim), embedding.new_zeros(B, 0, dim),
+                                  embedding.new_zeros(B, 0))
         feats = w2v.layer_norm(feats)  # (B, T, C): quantizer input
         projected = w2v.post_extract_proj(feats) if w2v.post_extract_proj is not None else feats  # (B, T, D)
         B, T, _ = feats.shape
@@ -169,9 +220,4 @@ class ScoringFrontend(nn.Module):
         sim = sim.masked_fill(same & ~eye, float("-inf"))
         self_loss = -(pos - torch.logsumexp(sim, dim=2))  # (B, T)
 
-        if self.kind == "conv":
-            embedding = self._energy_embedding(tap)
-        else:
-            h = w2v.encoder(projected, None, num_layers=self.layer)[self.layer]  # (B, T, D)
-            embedding = torch.cat([h.mean(1), h.std(1)], 1)
         return WindowFeatures(embedding, codes, context, targets, self_loss)

@@ -28,6 +28,7 @@ from .frontend import WindowFeatures
 
 SCORERS = ("contrastive", "contrastive_bank", "code_unigram", "code_bigram", "code_hist", "knn", "mahalanobis")
 ENSEMBLE = "ensemble"
+EMBEDDING_SCORERS = ("knn", "mahalanobis")  # need only the frontend's embedding
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -25,11 +25,14 @@ from torch import Tensor, nn
 from ..config import ConfigError, PretrainConfig, from_dict, load_yaml, merge, parse_overrides, to_dict
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
 from .frontend import ScoringFrontend, WindowFeatures
-from .scorers import ENSEMBLE, SCORERS, score_windows
+from .scorers import EMBEDDING_SCORERS, ENSEMBLE, SCORERS, score_windows
 
 FORMAT, VERSION = "aiot-w2v2-scoring", 1
 SHARED = "shared"  # the frontend key of the pretrained model shared by every machine type
 WEIGHTS, META = "scoring.safetensors", "scoring.json"
+# scoring.json written before these settings existed was fitted without the envelope features
+LEGACY_DEFAULTS = {"envelope_bands": 0, "envelope_frame_ms": 10.0,
+                   "envelope_lags_ms": [20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1000.0]}
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,12 @@ class ScoringConfig:
     embedding_layer: str = "conv0"  # conv<i> (pre-norm channel energies) or transformer<i> (mean+std)
     embedding_level: str = "relative"  # conv energies: "relative" removes the window's loudness
     energy_smoothing_ms: float = 80.0  # conv energies: smoothing before the std over time of their log
+    # conv energies: the window's rhythm, the autocorrelation of the log energy of `envelope_bands` bands
+    # (0 = off) in `envelope_frame_ms` frames at `envelope_lags_ms`. Mahalanobis 0.808 -> 0.861 on the
+    # default synthetic set and 0.785 -> 0.854 on a held-out one (benchmarks/RESULTS.md).
+    envelope_bands: int = 4
+    envelope_frame_ms: float = 10.0
+    envelope_lags_ms: tuple[float, ...] = (20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1000.0)
     mask_span: int = 10  # frames per masked span (M)
     mask_patterns: int = 5  # fixed mask patterns; together they cover every frame
     contrastive_topk: int = 0  # 0 = mean over frames, k > 0 = mean of the k worst frames
@@ -86,6 +95,10 @@ class ScoringConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mahalanobis_shrinkage is not None and not 0 <= self.mahalanobis_shrinkage < 1:
             raise ConfigError(f"mahalanobis_shrinkage must be in [0, 1) or null, got {self.mahalanobis_shrinkage}")
+        if self.envelope_bands < 0 or (self.envelope_bands and (self.envelope_frame_ms <= 0 or not self.envelope_lags_ms
+                                                                or min(self.envelope_lags_ms) <= 0)):
+            raise ConfigError("envelope_bands must be >= 0; with bands, envelope_frame_ms and every lag in "
+                              f"envelope_lags_ms > 0 (got {self.envelope_frame_ms}, {list(self.envelope_lags_ms)})")
         if self.adapt_steps < 0 or self.adapt_lr <= 0:
             raise ConfigError(f"adapt_steps must be >= 0 and adapt_lr > 0, got {self.adapt_steps}, {self.adapt_lr}")
         if self.contrastive_topk < 0 or self.code_smoothing <= 0:
@@ -95,6 +108,10 @@ class ScoringConfig:
     def needs_contrastive(self) -> bool:
         """Whether the frontend must run its masked passes (the costly part of scoring)."""
         return any(s.startswith("contrastive") for s in self.scorers)
+
+    def needs_codes(self) -> bool:
+        """Whether any scorer needs more than the embedding (codes, targets, the Transformer)."""
+        return any(s not in EMBEDDING_SCORERS for s in self.scorers)
 
     def columns_per_entry(self) -> list[str]:
         return list(self.scorers) + ([ENSEMBLE] if self.ensemble else [])
@@ -144,7 +161,8 @@ def load_scoring_config(path: str | Path | None = None, overrides: list[str] | N
 def make_frontend(model: Wav2Vec2ForPreTraining, cfg: ScoringConfig) -> ScoringFrontend:
     """The frontend `cfg` describes, over `model`."""
     return ScoringFrontend(model, cfg.embedding_layer, cfg.embedding_level, cfg.mask_span, cfg.mask_patterns,
-                           cfg.needs_contrastive(), cfg.energy_smoothing_ms)
+                           cfg.needs_contrastive(), cfg.energy_smoothing_ms, cfg.envelope_bands,
+                           cfg.envelope_frame_ms, tuple(cfg.envelope_lags_ms), codes=cfg.needs_codes())
 
 
 def entry_key(machine: str, machine_id: str) -> str:
@@ -251,12 +269,15 @@ def read_meta(path: str | Path) -> ScoringMeta:
         raise ValueError(f"{p / META}: format {raw.get('format')!r}, expected {FORMAT!r}")
     if int(raw.get("version", 0)) > VERSION:
         raise ValueError(f"{p / META}: version {raw['version']} is newer than this aiot-w2v2 reads ({VERSION})")
-    missing = sorted({f.name for f in fields(ScoringConfig)} - set(raw.get("config", {})))
+    config = dict(raw.get("config", {}))
+    # Settings added later whose "off" value is what older models were fitted with.
+    config.update({k: v for k, v in LEGACY_DEFAULTS.items() if k not in config})
+    missing = sorted({f.name for f in fields(ScoringConfig)} - set(config))
     if missing:  # written before these settings existed: today's defaults may not be what it was fitted with
         warnings.warn(f"{p}: written by an older aiot-w2v2 without the scoring settings {', '.join(missing)}; "
                       "they take today's defaults, which may not match its fitted statistics: refit with "
                       "`aiot-w2v2 fit`", stacklevel=2)
-    return ScoringMeta(config=from_dict(ScoringConfig, raw["config"], "scoring").validate(),
+    return ScoringMeta(config=from_dict(ScoringConfig, config, "scoring").validate(),
                        pretrain=from_dict(PretrainConfig, raw["pretrain"]).validate(),
                        entries=[(str(m), str(i)) for m, i in raw["entries"]], sample_rate=int(raw["sample_rate"]),
                        thresholds=raw.get("thresholds", {}), calibration=raw.get("calibration", {}),
