@@ -326,3 +326,22 @@ def test_a_model_folder_missing_newer_settings_warns(fitted: Path, tmp_path: Pat
     (old / "scoring.json").write_text(json.dumps(meta))
     with pytest.warns(UserWarning, match="without the scoring settings energy_smoothing_ms"):
         load_scoring_model(old)
+
+
+def test_a_model_folder_from_before_the_rhythm_features_loads_without_them(run: Path, data: Path,
+                                                                           tmp_path: Path) -> None:
+    fit_scoring(run, data, tmp_path / "m", replace(CFG, envelope_bands=0), progress=False)
+    meta = json.loads((tmp_path / "m" / "scoring.json").read_text())
+    for key in ("envelope_bands", "envelope_frame_ms", "envelope_lags_ms"):
+        del meta["config"][key]  # as written before the setting existed
+    shutil.copytree(tmp_path / "m", tmp_path / "old")
+    (tmp_path / "old" / "scoring.json").write_text(json.dumps(meta))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about: the feature was off then, and is off now
+        old = load_scoring_model(tmp_path / "old")
+    assert old.meta.config.envelope_bands == 0
+    x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
+    with torch.inference_mode():
+        assert torch.equal(old(x), load_scoring_model(tmp_path / "m")(x))
