@@ -173,6 +173,19 @@ def test_narrowed_bundle_keeps_the_columns_it_names(fitted: Path, data: Path) ->
         narrow_model(full, machines=["pump/id_00"])
 
 
+def test_an_alerts_only_bundle_runs_the_first_conv_layer_alone(fitted: Path, fp32_bundle: Path, data: Path,
+                                                                tmp_path: Path) -> None:
+    small = export_bundle(fitted, tmp_path / "maha", quantize="int8", machines=["fan/id_00"],
+                          scorers=["mahalanobis"], decision_scorer="mahalanobis", progress=False)
+    ops = [n.op_type for n in onnx.load(str(small / "model.onnx")).graph.node]
+    assert ops.count("Conv") == 1 and "Softmax" not in ops and "ArgMax" not in ops  # conv0, no Transformer
+    x = _windows(data, 1.0, 3)
+    full_bundle = Bundle.load(fp32_bundle)
+    full, alone = Scorer.from_bundle(full_bundle), Scorer.from_bundle(Bundle.load(small))
+    want = full.score(x)[:, full_bundle.columns.index("fan/id_00/mahalanobis")]
+    np.testing.assert_allclose(alone.score(x)[:, 0], want, rtol=1e-4, atol=1e-4)
+
+
 def test_parity_check_refuses_a_model_that_does_not_match(fitted: Path, fp32_bundle: Path, data: Path) -> None:
     model = load_scoring_model(fitted)
     model.stat_maha_mean.add_(1.0)  # torch now scores differently from the exported graph
