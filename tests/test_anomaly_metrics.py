@@ -235,5 +235,9 @@ def test_report_and_summary(tmp_path, capsys) -> None:
     assert not re.search(r'src="(?!data:)', text)  # self-contained
     assert "ae_baseline" in text
     out = print_summary(res, baseline_df=base)
-    assert "ae_baseline AUC" in out and "a pAUC" in out and "mean" in out and "fan" in out
+    lines = out.splitlines()
+    assert "fan" in lines[0] and "mean" in lines[0] and "AUC / pAUC" in out
+    row = next(line for line in lines if line.startswith("ae_baseline"))
+    want = res[(res.scorer == "a") & (res.machine_id == "all")].iloc[0]
+    assert f"{want.auc:.3f} / {want.pauc:.3f}" in row  # the baseline row holds its machine-level AUC / pAUC
     assert out in capsys.readouterr().out

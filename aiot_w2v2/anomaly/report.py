@@ -78,14 +78,24 @@ def results_pivot(results_df: pd.DataFrame, baseline_df: pd.DataFrame | None = N
 
 def print_summary(results_df: pd.DataFrame, baseline_df: pd.DataFrame | None = None, per_id: bool = False,
                   file: TextIO | None = None) -> str:
-    """Print (and return) the results as a one-screen table: machines down, scorer AUC/pAUC across.
+    """Print (and return) the results as a table that fits a terminal: scorers down, machines across,
+    each cell "AUC / pAUC"; the baseline's scorers last.
 
-    Default: the `machine_id=all` rows (mean over IDs) and their mean over machines; `per_id` adds
-    every machine ID. `baseline_df` (same columns as results.csv) adds its scorers as columns.
+    Default: the `machine_id=all` columns (mean over IDs) and their mean over machines; `per_id` shows
+    every machine ID instead. `baseline_df` (same columns as results.csv) adds its scorers as rows.
     """
     table = results_pivot(results_df, baseline_df, per_id=per_id)
-    table.columns = [f"{s} {m}" for s, m in table.columns]
-    text = table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="n/a")
+    def fmt(v: float) -> str:
+        return "n/a" if pd.isna(v) else f"{v:.3f}"
+
+    cells = pd.DataFrame(index=table.index)
+    for scorer in dict.fromkeys(s for s, _ in table.columns):
+        pairs = zip(table[(scorer, "AUC")], table[(scorer, "pAUC")], strict=True)
+        cells[scorer] = [f"{fmt(a)} / {fmt(p)}" for a, p in pairs]
+    out = cells.T
+    out.columns = ["/".join(c) if isinstance(c, tuple) else str(c) for c in out.columns]
+    out.index.name = "AUC / pAUC"
+    text = out.to_string()
     print(text, file=file or sys.stdout)
     return text
 
