@@ -4,7 +4,7 @@
 histograms (normal vs anomalous clips, one figure per machine: rows = IDs, columns = scorers) with
 matplotlib (`Figure` objects, Agg canvas, no pyplot state), embeds them as base64 PNGs beside the
 results table, and writes one HTML file that opens anywhere without its folder. `print_summary`
-prints the machine-level `machine_id=all` rows as a table (machines down, scorers across).
+prints the machine-level `machine_id=all` rows as a table (scorers down, machines across).
 
 It reads the per-clip scores and results tables of `anomaly.metrics`; it knows nothing about models.
 """
