@@ -7,6 +7,7 @@ SIGKILL, restarts) is in test_edge_daemon.py.
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import threading
 import uuid
@@ -42,6 +43,9 @@ def test_alert_payload_status_and_telemetry(tmp_path, brokers, subscribers, run_
     source = FedSource()
     d = run_daemon(daemon_config(tmp_path, broker, tiny_bundle, telemetry_every_s=0.05), source)
     wait_for(lambda: [m for m in sub.on("/status") if m.payload == b"online"], what="status online")
+    # alerts are not held back by Nagle's algorithm behind a telemetry message, on either hop
+    assert d.daemon.publisher.client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert "set_tcp_nodelay true" in broker.conf.read_text()
 
     source.feed(pattern_signal(3))
     wait_for(lambda: len(sub.alert_ids()) == 3, what="3 alerts")
@@ -110,6 +114,7 @@ def test_tls_client_certificate_and_password(tmp_path, brokers, subscribers, run
         d = run_daemon(cfg, source)
         source.feed(pattern_signal(2))
         wait_for(lambda: len(sub.alert_ids()) == 2, what="alerts over TLS")
+        assert d.daemon.publisher.client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         assert d.stop() == 0
     assert "s3cret-pw" not in caplog.text and "s3cret-pw" not in repr(cfg)
     assert "tls=True" in caplog.text

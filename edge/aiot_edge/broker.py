@@ -89,7 +89,7 @@ class MosquittoProcess:
             # to this folder; naming the current user keeps it (ignored when not root).
             f"user {getpass.getuser()}\n"
             f"listener {self.port} {self.host}\n{listener_options}"
-            f"log_dest file {self.log_file}\nlog_type all\nconnection_messages true\n"
+            f"log_dest file {self.log_file}\nlog_type all\nconnection_messages true\nset_tcp_nodelay true\n"
             f"{extra_config}\n" + ("" if "allow_anonymous" in extra_config else "allow_anonymous true\n"),
             encoding="utf-8")
         self.proc: subprocess.Popen[bytes] | None = None

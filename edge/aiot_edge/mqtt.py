@@ -114,6 +114,15 @@ def ha_discovery_messages(cfg: EdgeConfig, topics: Topics, machine: str, decisio
             (f"{prefix}/sensor/{node}/score/config", json.dumps(score))]
 
 
+def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """paho's socket callback: send each packet at once (TCP_NODELAY). With Nagle's algorithm an alert
+    written right after a telemetry message waits for the broker's (delayed) ACK of it: tens of ms."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (e.g. a test double): nothing to tune
+        pass
+
+
 class Publisher:
     """Owns the paho client and the pump thread that moves spooled alerts to the broker.
 
@@ -162,6 +171,7 @@ class Publisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_socket_open = _no_delay
         client.reconnect_delay_set(cfg.mqtt.reconnect_min_s, cfg.mqtt.reconnect_max_s)  # type: ignore[arg-type]
         client.will_set(self.topics.status, STATUS_OFFLINE, qos=1, retain=True)
         username = cfg.username
