@@ -10,7 +10,9 @@ Topics (ARCHITECTURE.md 4.5, a contract):
 
 Delivery: the daemon writes each alert to the `Spool` first; a pump thread here hands unsent rows
 to paho (at most `max_inflight` at a time, in insertion order) and deletes a row only when its
-PUBACK arrives. paho keeps in-flight QoS 1 messages across reconnects and re-sends them itself, so
+PUBACK arrives. Right after spooling an alert the daemon's thread hands it over itself (`send_now`,
+the same code under the same lock), so a fresh alert does not wait for the pump thread to be scheduled.
+paho keeps in-flight QoS 1 messages across reconnects and re-sends them itself, so
 a row handed to paho is not handed again by this process; after a restart every row left in the
 spool is sent again (consumers de-duplicate by `event_id`).
 
@@ -146,7 +148,8 @@ class Publisher:
         self.telemetry_sent = 0
 
         self._acks: queue.SimpleQueue[tuple[int, ReasonCode]] = queue.SimpleQueue()
-        self._inflight: dict[int, int] = {}  # paho mid -> spool row id; touched by the pump thread only
+        self._inflight: dict[int, int] = {}  # paho mid -> spool row id; touched under _send_lock only
+        self._send_lock = threading.Lock()  # the pump thread and send_now() hand rows to paho in turn
         self._rejected: set[int] = set()  # rows the broker refused (MQTT v5 reason code); retried after a reconnect
         self._connected = threading.Event()
         self._wake = threading.Event()
@@ -239,6 +242,13 @@ class Publisher:
         """Tell the pump that new rows are in the spool."""
         self._wake.set()
 
+    def send_now(self) -> None:
+        """Hand unsent spool rows to paho from the calling thread (the pump does the same when it wakes)."""
+        if self._connected.is_set():
+            with self._send_lock:
+                self._drain_acks()
+                self._send_pending()
+
     def wait_drained(self, timeout: float, stop: threading.Event | None = None) -> bool:
         """Block until the spool is empty (every alert acknowledged), `timeout` passes or `stop` is set."""
         deadline = time.monotonic() + timeout
@@ -265,14 +275,16 @@ class Publisher:
         while not self._stopping.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
-            self._drain_acks()
+            with self._send_lock:
+                self._drain_acks()
             if self._diagnose.is_set():
                 self._diagnose.clear()  # once per streak of failures; later ones are counted only
                 log.warning("mqtt cannot reach broker %s:%d: %s; retrying with backoff up to %g s "
                             "(alerts are kept in the spool)", self.address.host, self.address.port,
                             self._probe(), self.cfg.mqtt.reconnect_max_s)
             if self._connected.is_set():
-                self._send_pending()
+                with self._send_lock:
+                    self._send_pending()
 
     def _send_pending(self) -> None:
         room = self.cfg.mqtt.max_inflight - len(self._inflight)
