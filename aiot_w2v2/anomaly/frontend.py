@@ -156,11 +156,12 @@ class ScoringFrontend(nn.Module):
         mean_log = torch.log(e.mean(1) + _EPS)  # (B, C)
         if self.relative:
             mean_log = mean_log - mean_log.mean(1, keepdim=True)
-        smooth = F.avg_pool1d(e.transpose(1, 2), self.energy_pool, self.energy_pool)  # (B, C, T)
+        e = e.transpose(1, 2)  # (B, C, T_i): channels first, for the pooling
+        smooth = F.avg_pool1d(e, self.energy_pool, self.energy_pool)  # (B, C, T)
         std_log = torch.log(smooth + _EPS).std(2)  # (B, C)
         if not self.envelope_bands:
             return torch.cat([mean_log, std_log], 1)
-        env = torch.log(F.avg_pool1d(e.transpose(1, 2), self.envelope_pool, self.envelope_pool) + _EPS)
+        env = torch.log(F.avg_pool1d(e, self.envelope_pool, self.envelope_pool) + _EPS)  # (B, C, T')
         band = torch.einsum("bct,cn->bnt", env, self.band_weights)  # (B, bands, T')
         band = band - band.mean(2, keepdim=True)
         power = band.pow(2).sum(2) + 1e-9  # (B, bands): lag 0

@@ -85,6 +85,7 @@ def print_summary(results_df: pd.DataFrame, baseline_df: pd.DataFrame | None = N
     every machine ID instead. `baseline_df` (same columns as results.csv) adds its scorers as rows.
     """
     table = results_pivot(results_df, baseline_df, per_id=per_id)
+
     def fmt(v: float) -> str:
         return "n/a" if pd.isna(v) else f"{v:.3f}"
 
