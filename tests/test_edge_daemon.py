@@ -70,6 +70,8 @@ def test_sigterm_publishes_offline_and_exits_cleanly(tmp_path, brokers, subscrib
     d.signal(signal.SIGTERM)
     assert d.wait(10) == 0, d.log()
     wait_for(lambda: sub.on("/status")[-1].payload == b"offline", what="status offline")
+    # the broker logs the DISCONNECT on its own time, after the daemon has exited: wait for the line
+    wait_for(lambda: f"Received DISCONNECT from {CLIENT}" in broker.log_text(), what="DISCONNECT in the broker log")
     log = broker.log_text()
     # a normal retained publish of "offline" (7 bytes), then a clean DISCONNECT (so no will)
     published = re.search(rf"Received PUBLISH from {CLIENT} \(d0, q1, r1, m\d+, 'aiot/lab/pi1/status', "
