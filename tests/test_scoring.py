@@ -146,6 +146,45 @@ def test_rhythm_features_are_band_envelope_autocorrelations(run: Path, data: Pat
         ScoringFrontend(pretrained, envelope_bands=C + 1, envelope_lags_ms=(20.0,))
 
 
+def test_log_mel_branch_matches_torchaudio_and_its_numpy_definition(run: Path, data: Path) -> None:
+    import torchaudio
+
+    from aiot_w2v2 import load_model
+
+    pretrained = load_model(run / "checkpoint_last").eval()
+    lags_ms = (20.0, 60.0, 5000.0)  # the last is longer than the window: 0
+    fe = ScoringFrontend(pretrained, energy_smoothing_ms=40.0, envelope_bands=2, envelope_lags_ms=lags_ms,
+                         mel_bins=16, mel_fft=256, mel_hop_ms=10.0)
+    x = torch.from_numpy(clip_windows(next((data / "fan" / "train").glob("*.wav")), 16000, 8000, 0))
+    with torch.inference_mode():
+        got = fe(x).embedding.double().numpy()
+        no_mel = ScoringFrontend(pretrained, energy_smoothing_ms=40.0, envelope_bands=2,
+                                 envelope_lags_ms=lags_ms)(x).embedding.double().numpy()
+    conv_dim = no_mel.shape[1]
+    assert got.shape[1] == conv_dim + 2 * 16 + 2 * len(lags_ms)
+    np.testing.assert_array_equal(got[:, :conv_dim], no_mel)  # the conv part is unchanged
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=256, hop_length=160, n_mels=16, center=False,
+                                               power=2.0)(x).double().numpy()  # (B, 16, T)
+    log_mel = np.log(mel + 1e-10)
+    mean_log = log_mel.mean(2)
+    mean_log -= mean_log.mean(1, keepdims=True)  # relative, like the conv energies
+    T = mel.shape[2] // 4 * 4
+    std_log = np.log(mel[:, :, :T].reshape(len(x), 16, -1, 4).mean(3) + 1e-10).std(2, ddof=1)  # 40 ms pools
+    np.testing.assert_allclose(got[:, conv_dim:conv_dim + 16], mean_log, atol=2e-3)
+    np.testing.assert_allclose(got[:, conv_dim + 16:conv_dim + 32], std_log, atol=2e-3)
+    for i in range(len(x)):
+        for b, rows in enumerate((slice(0, 8), slice(8, 16))):  # 2 contiguous bands of mel bins
+            g = np.log(mel[i, rows].mean(0) + 1e-10)
+            g = g - g.mean()
+            for j, lag in enumerate(round(ms / 10.0) for ms in lags_ms):
+                want = (g[:-lag] * g[lag:]).sum() / (g @ g) if lag < g.size else 0.0
+                assert got[i, conv_dim + 32 + b * len(lags_ms) + j] == pytest.approx(want, abs=2e-3)
+    with pytest.raises(ValueError, match="mel_bins"):
+        ScoringFrontend(pretrained, mel_bins=200, mel_fft=256)
+    with pytest.raises(ConfigError, match="mel_bins"):
+        replace(CFG, mel_bins=1).validate()
+
+
 def test_scorers_equal_their_definitions(run: Path, data: Path) -> None:
     from aiot_w2v2 import load_model
 
@@ -329,11 +368,11 @@ def test_a_model_folder_missing_newer_settings_warns(fitted: Path, tmp_path: Pat
         load_scoring_model(old)
 
 
-def test_a_model_folder_from_before_the_rhythm_features_loads_without_them(run: Path, data: Path,
-                                                                           tmp_path: Path) -> None:
-    fit_scoring(run, data, tmp_path / "m", replace(CFG, envelope_bands=0), progress=False)
+def test_a_model_folder_from_before_the_rhythm_and_mel_features_loads_without_them(run: Path, data: Path,
+                                                                                   tmp_path: Path) -> None:
+    fit_scoring(run, data, tmp_path / "m", replace(CFG, envelope_bands=0, mel_bins=0), progress=False)
     meta = json.loads((tmp_path / "m" / "scoring.json").read_text())
-    for key in ("envelope_bands", "envelope_frame_ms", "envelope_lags_ms"):
+    for key in ("envelope_bands", "envelope_frame_ms", "envelope_lags_ms", "mel_bins", "mel_fft", "mel_hop_ms"):
         del meta["config"][key]  # as written before the setting existed
     shutil.copytree(tmp_path / "m", tmp_path / "old")
     (tmp_path / "old" / "scoring.json").write_text(json.dumps(meta))
@@ -342,7 +381,7 @@ def test_a_model_folder_from_before_the_rhythm_features_loads_without_them(run: 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to warn about: the feature was off then, and is off now
         old = load_scoring_model(tmp_path / "old")
-    assert old.meta.config.envelope_bands == 0
+    assert old.meta.config.envelope_bands == 0 and old.meta.config.mel_bins == 0
     x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
     with torch.inference_mode():
         assert torch.equal(old(x), load_scoring_model(tmp_path / "m")(x))

@@ -15,6 +15,12 @@
   in `envelope_frame_ms` frames, is autocorrelated at `envelope_lags_ms` (normalised by lag 0).
   Periodic machines (valves, sliders, pumps) keep their timing there, which window statistics miss.
   `transformer<i>`: mean and standard deviation over time of hidden state i (0 = Transformer input).
+  With `mel_bins` > 0 a log-mel branch follows (any layer): `mel_bins` HTK mel bands of `mel_fft`-point
+  Hann-windowed power spectra every `mel_hop_ms` (`torch.stft`, no padding; one ONNX STFT node); the mean
+  over time of their log (minus its mean over bands when relative), the std over time of their log
+  smoothed over `energy_smoothing_ms`, and, with `envelope_bands`, the rhythm of that many contiguous
+  mel bands in `mel_hop_ms` frames at `envelope_lags_ms`. It is not part of wav2vec 2.0: a 10-sample
+  first conv layer cannot resolve the low tones many faults add (benchmarks/RESULTS.md).
 - `codes` (B, T, G): the quantizer's code per frame and group (argmax, as in evaluation).
 - `context` (B, T, F) and `targets` (B, T, F), unit length: the contrastive prediction of every
   frame, from the pass in which that frame was masked, and its quantized target. Masks are fixed:
@@ -29,11 +35,13 @@ to ONNX with dynamic batch and time axes. It knows nothing about machines or fit
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchaudio.functional import melscale_fbanks
 
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
 
@@ -68,7 +76,8 @@ class ScoringFrontend(nn.Module):
                  embedding_level: str = "relative", mask_span: int = 10, mask_patterns: int = 5,
                  contrastive: bool = True, energy_smoothing_ms: float = 80.0, envelope_bands: int = 0,
                  envelope_frame_ms: float = 10.0, envelope_lags_ms: tuple[float, ...] = (),
-                 sample_rate: int = 16000, codes: bool = True) -> None:
+                 sample_rate: int = 16000, codes: bool = True, mel_bins: int = 0, mel_fft: int = 1024,
+                 mel_hop_ms: float = 20.0) -> None:
         super().__init__()
         if model.quantizer is None:
             raise ValueError("the scorers need a model with its quantizer (a pretraining checkpoint)")
@@ -108,6 +117,23 @@ class ScoringFrontend(nn.Module):
             self.envelope_lags = sorted({max(1, round(lag / envelope_frame_ms)) for lag in envelope_lags_ms})
             # Saved with the model (the weights it is computed from may be adapted or loaded later).
             self.register_buffer("band_weights", self.bands_of(block.conv.weight.detach(), self.envelope_bands))
+        self.mel_bins = mel_bins
+        if mel_bins:
+            if not 2 <= mel_bins <= mel_fft // 2 + 1 or mel_hop_ms <= 0:
+                raise ValueError(f"mel_bins must be in 2..{mel_fft // 2 + 1} and mel_hop_ms > 0, got {mel_bins}, "
+                                 f"{mel_hop_ms}")
+            self.mel_hop = max(1, round(mel_hop_ms / 1000 * sample_rate))
+            self.mel_pool = max(1, round(energy_smoothing_ms / mel_hop_ms))
+            lags = envelope_lags_ms if envelope_bands else ()
+            self.mel_lags = sorted({max(1, round(lag / mel_hop_ms)) for lag in lags})
+            if self.mel_lags and envelope_bands > mel_bins:
+                raise ValueError(f"envelope_bands ({envelope_bands}) must be <= mel_bins ({mel_bins})")
+            self.mel_bands = envelope_bands if self.mel_lags else 0
+            # Derived from the settings, not learned: not saved with the model (persistent=False).
+            self.mel_fft = mel_fft
+            self.register_buffer("mel_window", torch.hann_window(mel_fft), persistent=False)
+            fbank = melscale_fbanks(mel_fft // 2 + 1, 0.0, sample_rate / 2, mel_bins, sample_rate)  # (K, M), HTK
+            self.register_buffer("mel_fbank", fbank, persistent=False)
 
     @staticmethod
     def bands_of(weight: Tensor, bands: int) -> Tensor:
@@ -119,11 +145,43 @@ class ScoringFrontend(nn.Module):
             out[idx, b] = 1.0 / len(idx)
         return out
 
+    def _mel_embedding(self, audio: Tensor) -> Tensor:
+        """audio (B, S) -> (B, 2 * mel_bins [+ bands * lags]): the log-mel branch (module docstring)."""
+        with warnings.catch_warnings():
+            # Real/imaginary pairs instead of a complex tensor: the ONNX exporter handles only this form
+            # (one STFT node, opset 17); torch warns that it is deprecated.
+            warnings.simplefilter("ignore", UserWarning)
+            spec = torch.stft(audio.float(), self.mel_fft, self.mel_hop, window=self.mel_window, center=False,
+                              return_complex=False)  # (B, K, T, 2)
+        power = spec.pow(2).sum(-1)  # (B, K, T)
+        mel = torch.einsum("bkt,km->bmt", power, self.mel_fbank)  # (B, M, T)
+        log_mel = torch.log(mel + _EPS)
+        mean_log = log_mel.mean(2)
+        if self.relative:
+            mean_log = mean_log - mean_log.mean(1, keepdim=True)
+        std_log = torch.log(F.avg_pool1d(mel, self.mel_pool, self.mel_pool) + _EPS).std(2)
+        if not self.mel_bands:
+            return torch.cat([mean_log, std_log], 1)
+        B, M, T = mel.shape
+        groups = torch.tensor_split(torch.arange(M), self.mel_bands)
+        band = torch.log(torch.stack([mel[:, g[0]:g[-1] + 1].mean(1) for g in groups], 1) + _EPS)  # (B, bands, T)
+        return torch.cat([mean_log, std_log, self._autocorrelation(band, self.mel_lags)], 1)
+
+    @staticmethod
+    def _autocorrelation(band: Tensor, lags: list[int]) -> Tensor:
+        """band (B, N, T) log energies -> (B, N * len(lags)): autocorrelation of the centred envelope at the
+        lags, normalised by lag 0. Lags longer than the window give empty sums: 0, the autocorrelation of
+        no overlap."""
+        band = band - band.mean(2, keepdim=True)
+        power = band.pow(2).sum(2) + 1e-9  # (B, N): lag 0
+        return torch.stack([(band[:, :, :-lag] * band[:, :, lag:]).sum(2) / power for lag in lags], 2).flatten(1)
+
     @property
     def min_samples(self) -> int:
         """Shortest window the frontend scores: two mask spans of frames."""
         fe = self.model.wav2vec2.feature_extractor
-        return fe.receptive_field + (2 * self.mask_span - 1) * fe.stride
+        shortest = fe.receptive_field + (2 * self.mask_span - 1) * fe.stride
+        return max(shortest, self.mel_fft) if self.mel_bins else shortest
 
     def _conv_stack(self, audio: Tensor) -> tuple[Tensor, Tensor | None]:
         """audio (B, S) -> final conv features (B, T, C) and the chosen layer's pre-norm output (B, T_i, C_i).
@@ -163,17 +221,18 @@ class ScoringFrontend(nn.Module):
             return torch.cat([mean_log, std_log], 1)
         env = torch.log(F.avg_pool1d(e, self.envelope_pool, self.envelope_pool) + _EPS)  # (B, C, T')
         band = torch.einsum("bct,cn->bnt", env, self.band_weights)  # (B, bands, T')
-        band = band - band.mean(2, keepdim=True)
-        power = band.pow(2).sum(2) + 1e-9  # (B, bands): lag 0
-        # Lags longer than the window give empty sums: 0, the autocorrelation of no overlap.
-        rhythm = torch.stack([(band[:, :, :-lag] * band[:, :, lag:]).sum(2) / power for lag in self.envelope_lags], 2)
-        return torch.cat([mean_log, std_log, rhythm.flatten(1)], 1)
+        return torch.cat([mean_log, std_log, self._autocorrelation(band, self.envelope_lags)], 1)
+
+    def _embedding(self, audio: Tensor, conv_or_hidden: Tensor) -> Tensor:
+        """The conv energies (or hidden-state statistics, already pooled) [+ the log-mel branch]."""
+        embedding = self._energy_embedding(conv_or_hidden) if self.kind == "conv" else conv_or_hidden
+        return torch.cat([embedding, self._mel_embedding(audio)], 1) if self.mel_bins else embedding
 
     def forward(self, audio: Tensor) -> WindowFeatures:
         w2v = self.model.wav2vec2
         feats, tap = self._conv_stack(audio)
         if not self.codes:  # the embedding alone: empty frame tensors keep WindowFeatures' shapes
-            embedding = self._energy_embedding(tap)
+            embedding = self._embedding(audio, tap)
             B = audio.shape[0]
             q = self.model.quantizer
             dim = self.model.final_proj.out_features
@@ -194,10 +253,10 @@ class ScoringFrontend(nn.Module):
         targets = F.normalize(self.model.project_q(quantized), dim=-1, eps=1e-8)  # (B, T, F)
 
         if self.kind == "conv":
-            embedding = self._energy_embedding(tap)
+            embedding = self._embedding(audio, tap)
         else:
             h = w2v.encoder(projected, None, num_layers=self.layer)[self.layer]  # (B, T, D)
-            embedding = torch.cat([h.mean(1), h.std(1)], 1)
+            embedding = self._embedding(audio, torch.cat([h.mean(1), h.std(1)], 1))
         if not self.contrastive:
             return WindowFeatures(embedding, codes, torch.zeros_like(targets), targets, targets.new_zeros(B, T))
 
