@@ -56,8 +56,8 @@ class ScoringConfig:
     # Hann-windowed power spectra every `mel_hop_ms`; per window their mean log (relative like the conv
     # energies), the std over time of their log smoothed over `energy_smoothing_ms`, and the rhythm of
     # `envelope_bands` bands at `envelope_lags_ms`. Not part of wav2vec 2.0: the first conv layer's
-    # 10-sample filters cannot resolve low tones. Mahalanobis 0.867 -> 0.911 on the default synthetic
-    # set and 0.849 -> 0.900 on a held-out one (benchmarks/RESULTS.md, "Anomaly scoring", session 4).
+    # 10-sample filters cannot resolve low tones. Mahalanobis 0.861 -> 0.899 on the default synthetic
+    # set and 0.851 -> 0.894 on a held-out one (benchmarks/RESULTS.md, "Anomaly scoring", session 4).
     mel_bins: int = 64
     mel_fft: int = 1024
     mel_hop_ms: float = 20.0
