@@ -14,7 +14,8 @@ along the first axis). The scores are plain tensor math, so `ScoringModel` trace
                       towards the unigram.
 - `code_hist`         Jensen-Shannon divergence between the window's code histogram and the normal one.
 - `knn`               1 - mean cosine similarity to the k nearest normal embeddings (standardised).
-- `mahalanobis`       Mahalanobis distance of the embedding (Ledoit-Wolf covariance, scikit-learn).
+- `mahalanobis`       Mahalanobis distance of the embedding (covariance shrunk towards a scaled identity,
+                      `mahalanobis_shrinkage`; Ledoit-Wolf with null; scikit-learn).
 """
 
 from __future__ import annotations
