@@ -248,3 +248,13 @@ def test_edge_stage_of_the_demo_returns_the_alerts(int8_bundle: Path, data: Path
     a = alerts[0]
     assert (a["machine"], a["machine_id"], a["scorer"], a["threshold"]) == ("fan", "id_00", "ensemble", -1e6)
     assert {"ts", "score", "severity", "window_start", "window_end", "model", "device"} <= set(a)
+
+
+def test_an_opset_without_stft_is_refused_for_the_log_mel_branch(fitted: Path, tmp_path: Path) -> None:
+    from aiot_w2v2.export import export_onnx
+
+    model = load_scoring_model(fitted)
+    assert model.meta.config.mel_bins > 0
+    with pytest.raises(ExportError, match="STFT, which needs opset >= 17"):
+        export_onnx(model, tmp_path / "m.onnx", opset=16)
+    assert not (tmp_path / "m.onnx").exists()
