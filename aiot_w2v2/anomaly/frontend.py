@@ -178,7 +178,7 @@ class ScoringFrontend(nn.Module):
 
     @property
     def min_samples(self) -> int:
-        """Shortest window the frontend scores: two mask spans of frames."""
+        """Shortest window the frontend scores: two mask spans of frames (and one `mel_fft` frame)."""
         fe = self.model.wav2vec2.feature_extractor
         shortest = fe.receptive_field + (2 * self.mask_span - 1) * fe.stride
         return max(shortest, self.mel_fft) if self.mel_bins else shortest
