@@ -41,6 +41,12 @@ CASES = [
     ("cooldown: short blip inside it is dropped", dict(cooldown_s=10), [2, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 2],
      [0, 11]),
     ("cooldown measured from the previous event", dict(cooldown_s=3), [2, 0, 0, 2, 0, 2], [0, 3]),
+    # the cooldown ends at window 7, which is quiet though 2 of the last 3 are over: no event there
+    # (an alert whose score is below its threshold), and the episode is over by the next over window
+    ("cooldown: no event on a quiet window", dict(k=2, n=3, cooldown_s=6), [2, 2, 0, 0, 0, 2, 2, 0, 0, 2, 0],
+     [1]),
+    ("cooldown: the deferred event fires on the next over window", dict(k=2, n=3, cooldown_s=6),
+     [2, 2, 0, 0, 0, 2, 2, 0, 2, 0], [1, 8]),
 ]
 
 

@@ -11,7 +11,9 @@ The rules, per window (score s at time ts, threshold T):
   and enters the *alerting* state. One episode gives one event, however long it lasts.
 - **Cooldown.** A trigger less than `cooldown_s` seconds after the previous event's `ts` is
   deferred, not dropped: the engine stays idle and re-checks the k-of-n condition on every
-  following window, so an anomaly that persists past the cooldown still raises its event.
+  following over window, so an anomaly that persists past the cooldown still raises its event.
+  An event is always raised on a window that is itself over (its score is above the threshold
+  it reports), never on a quiet window whose history still holds k over windows.
 - **Hysteresis (clear).** While alerting, the state clears after `n` consecutive windows with
   s < T - hysteresis. A score between T - hysteresis and T neither raises a new event nor counts
   towards clearing (it resets the run of clear windows). With hysteresis = 0 and n = 1 the state
@@ -117,7 +119,7 @@ class DecisionEngine:
                 self._clear_run = 0
             return None
 
-        if sum(self._over) < self.k:
+        if not self._over[-1] or sum(self._over) < self.k:
             return None
         if self._last_event_ts is not None and ts - self._last_event_ts < self.cooldown_s:
             return None  # deferred: re-checked on the next window
