@@ -385,3 +385,10 @@ def test_a_model_folder_from_before_the_rhythm_and_mel_features_loads_without_th
     x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
     with torch.inference_mode():
         assert torch.equal(old(x), load_scoring_model(tmp_path / "m")(x))
+
+
+def test_windows_too_short_for_the_smoothing_are_a_config_error(run: Path, data: Path, tmp_path: Path) -> None:
+    # 600 ms smoothing needs two periods (1.2 s) in a window: a 1 s window would give NaN features
+    with pytest.raises(ConfigError, match=r"window_seconds 1: these settings need windows of at least 1\.2"):
+        fit_scoring(run, data, tmp_path / "m", replace(CFG, energy_smoothing_ms=600.0), progress=False)
+    assert not (tmp_path / "m").exists()

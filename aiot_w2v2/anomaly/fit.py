@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import is_checkpoint, load_pretrained, read_config, resolve_run
-from ..config import config_hash
+from ..config import ConfigError, config_hash
 from ..data.manifest import build_manifest
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
 from ..train.state import CHECKPOINT_LAST
@@ -142,6 +142,10 @@ def fit_scoring(run: str | Path, data_dirs: list[str | Path] | str | Path, out: 
                                                             seed=cfg.seed * 1000 + k, progress=progress,
                                                             desc=f"adapt {machine}")
     frontends = {key: make_frontend(m, cfg) for key, m in models.items()}
+    shortest = max(f.min_samples for f in frontends.values())
+    if window < shortest:
+        raise ConfigError(f"window_seconds {cfg.window_seconds:g}: these settings need windows of at least "
+                          f"{shortest / sr:.3f} s (two mask spans, two energy_smoothing_ms periods, one mel_fft)")
 
     num_vars = pretrained.quantizer.num_vars
     per_entry_stats, thresholds, calibration, counts = [], {}, {}, {}

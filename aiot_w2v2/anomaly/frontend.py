@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchaudio.functional import melscale_fbanks
 
+from ..model.feature_encoder import receptive_field
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
 
 _EPS = 1e-10
@@ -178,10 +179,16 @@ class ScoringFrontend(nn.Module):
 
     @property
     def min_samples(self) -> int:
-        """Shortest window the frontend scores: two mask spans of frames (and one `mel_fft` frame)."""
+        """Shortest window the frontend scores: two mask spans of frames, and two smoothing periods of the
+        tapped conv layer and of the log-mel branch (a std over one smoothed value would be NaN)."""
         fe = self.model.wav2vec2.feature_extractor
-        shortest = fe.receptive_field + (2 * self.mask_span - 1) * fe.stride
-        return max(shortest, self.mel_fft) if self.mel_bins else shortest
+        need = [fe.receptive_field + (2 * self.mask_span - 1) * fe.stride]
+        if self.kind == "conv":
+            field, stride = receptive_field(fe.conv_layers[:self.layer + 1])  # of the tapped layer's frames
+            need.append(field + (2 * self.energy_pool - 1) * stride)
+        if self.mel_bins:
+            need.append(self.mel_fft + (2 * self.mel_pool - 1) * self.mel_hop)
+        return max(need)
 
     def _conv_stack(self, audio: Tensor) -> tuple[Tensor, Tensor | None]:
         """audio (B, S) -> final conv features (B, T, C) and the chosen layer's pre-norm output (B, T_i, C_i).
