@@ -100,11 +100,9 @@ class ScoringFrontend(nn.Module):
         if energy_smoothing_ms <= 0:
             raise ValueError(f"energy_smoothing_ms must be > 0, got {energy_smoothing_ms}")
         # Conv-layer energies are averaged over `energy_smoothing_ms` before their log's std over time.
-        stride = 1
-        for i, (_, _, s) in enumerate(w2v.feature_extractor.conv_layers):
-            stride *= s
-            if i == self.layer:
-                break
+        # Receptive field and stride in samples of the chosen conv layer's frames.
+        self.tap_field, stride = receptive_field(w2v.feature_extractor.conv_layers[:self.layer + 1])
+        self.tap_stride = stride
         pool = round(energy_smoothing_ms / 1000 * sample_rate / stride)
         self.energy_pool = max(1, pool) if self.kind == "conv" else 1
         self.envelope_bands = envelope_bands if self.kind == "conv" else 0
@@ -125,11 +123,13 @@ class ScoringFrontend(nn.Module):
                                  f"{mel_hop_ms}")
             self.mel_hop = max(1, round(mel_hop_ms / 1000 * sample_rate))
             self.mel_pool = max(1, round(energy_smoothing_ms / mel_hop_ms))
-            lags = envelope_lags_ms if envelope_bands else ()
-            self.mel_lags = sorted({max(1, round(lag / mel_hop_ms)) for lag in lags})
-            if self.mel_lags and envelope_bands > mel_bins:
+            self.mel_bands = envelope_bands if envelope_lags_ms else 0
+            if self.mel_bands > mel_bins:
                 raise ValueError(f"envelope_bands ({envelope_bands}) must be <= mel_bins ({mel_bins})")
-            self.mel_bands = envelope_bands if self.mel_lags else 0
+            self.mel_lags = sorted({max(1, round(lag / mel_hop_ms)) for lag in envelope_lags_ms})
+            # rhythm bands: contiguous (start, stop) ranges of mel bins, low to high
+            splits = torch.tensor_split(torch.arange(mel_bins), self.mel_bands) if self.mel_bands else ()
+            self.mel_groups = [(int(g[0]), int(g[-1]) + 1) for g in splits]
             # Derived from the settings, not learned: not saved with the model (persistent=False).
             self.mel_fft = mel_fft
             self.register_buffer("mel_window", torch.hann_window(mel_fft), persistent=False)
@@ -163,9 +163,7 @@ class ScoringFrontend(nn.Module):
         std_log = torch.log(F.avg_pool1d(mel, self.mel_pool, self.mel_pool) + _EPS).std(2)
         if not self.mel_bands:
             return torch.cat([mean_log, std_log], 1)
-        B, M, T = mel.shape
-        groups = torch.tensor_split(torch.arange(M), self.mel_bands)
-        band = torch.log(torch.stack([mel[:, g[0]:g[-1] + 1].mean(1) for g in groups], 1) + _EPS)  # (B, bands, T)
+        band = torch.log(torch.stack([mel[:, a:b].mean(1) for a, b in self.mel_groups], 1) + _EPS)  # (B, bands, T)
         return torch.cat([mean_log, std_log, self._autocorrelation(band, self.mel_lags)], 1)
 
     @staticmethod
@@ -184,8 +182,7 @@ class ScoringFrontend(nn.Module):
         fe = self.model.wav2vec2.feature_extractor
         need = [fe.receptive_field + (2 * self.mask_span - 1) * fe.stride]
         if self.kind == "conv":
-            field, stride = receptive_field(fe.conv_layers[:self.layer + 1])  # of the tapped layer's frames
-            need.append(field + (2 * self.energy_pool - 1) * stride)
+            need.append(self.tap_field + (2 * self.energy_pool - 1) * self.tap_stride)
         if self.mel_bins:
             need.append(self.mel_fft + (2 * self.mel_pool - 1) * self.mel_hop)
         return max(need)
