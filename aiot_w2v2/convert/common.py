@@ -26,8 +26,11 @@ BACKBONE = "wav2vec2."
 OPTIONAL_KEYS = ("wav2vec2.mask_emb",)
 
 RESAVE_SCRIPT = '''\
-# Run where fairseq is installed, on a file you trust (this unpickles it):
+# Run where fairseq is installed. torch's restricted loader (weights_only=True) reads tensors, plain data
+# and, allowed here, the argparse Namespace of old fairseq files; if it names other classes (a newer
+# file's omegaconf config), add the ones you trust to the list, for a file you trust.
 import argparse, torch
+torch.serialization.add_safe_globals([argparse.Namespace])
 def plain(x):
     if isinstance(x, argparse.Namespace):
         x = vars(x)
@@ -36,7 +39,7 @@ def plain(x):
     if isinstance(x, (list, tuple)):
         return [plain(v) for v in x]
     return x if x is None or isinstance(x, (bool, int, float, str)) else str(x)
-ckpt = torch.load("IN.pt", map_location="cpu", weights_only=False)
+ckpt = torch.load("IN.pt", map_location="cpu", weights_only=True)
 cfg = ckpt.get("cfg") or {"model": ckpt["args"], "task": ckpt["args"]}
 try:
     from omegaconf import OmegaConf
