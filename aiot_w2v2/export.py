@@ -110,9 +110,11 @@ def export_onnx(model: ScoringModel, path: str | Path, opset: int = 17) -> Path:
     """Trace `model` to ONNX at `path`: audio [batch, samples] -> scores [batch, n_columns], dynamic axes."""
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset}: at least {MIN_OPSET} is needed (attention)")
-    if opset < 17 and model.meta.config.mel_bins:
-        raise ExportError(f"opset {opset}: the log-mel branch (mel_bins={model.meta.config.mel_bins}) exports as "
-                          "STFT, which needs opset >= 17")
+    cfg = model.meta.config
+    if opset < 17 and (cfg.mel_bins or cfg.kurtosis_bands):
+        branch = f"the log-mel branch (mel_bins={cfg.mel_bins})" if cfg.mel_bins else \
+            f"the spectral kurtosis (kurtosis_bands={cfg.kurtosis_bands})"
+        raise ExportError(f"opset {opset}: {branch} exports as STFT, which needs opset >= 17")
     model = fold_weight_norm(model)
     example = torch.zeros(2, model.meta.window)  # two windows: batch 1 would invite a traced batch size
     with warnings.catch_warnings(), torch.inference_mode():

@@ -34,11 +34,14 @@ VARIANTS: dict[str, list[str]] = {
     "transformer0": ["embedding_layer=transformer0"] + EMB,
     "transformer2": ["embedding_layer=transformer2"] + EMB,
     "transformer4": ["embedding_layer=transformer4"] + EMB,
-    "embedding": EMB,  # the default embedding (conv0 energies, rhythm, log-mel branch), its scorers alone
+    "embedding": EMB,  # the default embedding (conv0 energies, rhythm, log-mel, kurtosis), its scorers alone
     "no-mel": ["mel_bins=0"] + EMB,
     "mel-512": ["mel_fft=512"] + EMB,
     "mel-32-bins": ["mel_bins=32"] + EMB,
     "mel-10ms": ["mel_hop_ms=10"] + EMB,
+    "no-kurtosis": ["kurtosis_bands=0"] + EMB,
+    "kurtosis-16-bands": ["kurtosis_bands=16"] + EMB,
+    "kurtosis-512": ["kurtosis_fft=512", "kurtosis_hop_ms=8"] + EMB,
     "no-rhythm": ["envelope_bands=0"] + EMB,
     "rhythm-1-band": ["envelope_bands=1"] + EMB,
     "rhythm-8-bands": ["envelope_bands=8"] + EMB,

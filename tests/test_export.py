@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +109,10 @@ def test_bundle_json_follows_the_contract(fitted: Path, fp32_bundle: Path) -> No
     assert raw["model"]["quantization"] == "none" and raw["model"]["opset"] == 17
     assert raw["training"]["config_hash"] == model.meta.info["config_hash"]
     parity = raw["verification"]["fp32"]
-    # Mahalanobis over 15 training windows of a ~300-dim embedding amplifies float rounding (log-mel of
-    # near-silent bands, STFT vs torch's FFT): 1e-4 here, 9e-5 on the edge model (benchmarks/RESULTS.md)
-    assert parity["max_rel_diff"] < 5e-4 and parity["batch_sizes"] == [1, 3] and parity["window_lengths"][1] > 16000
+    # Mahalanobis over 15 training windows of a ~320-dim embedding amplifies float rounding (log-mel and
+    # kurtosis of near-silent bands, STFT vs torch's FFT): 5.2e-4 here, within the export's tolerance
+    assert parity["max_rel_diff"] < parity["tolerance"] == 1e-3
+    assert parity["batch_sizes"] == [1, 3] and parity["window_lengths"][1] > 16000
 
 
 def test_int8_bundle_loads_and_scores_close_to_fp32(fp32_bundle: Path, int8_bundle: Path, data: Path) -> None:
@@ -182,7 +184,8 @@ def test_an_alerts_only_bundle_runs_the_first_conv_layer_alone(fitted: Path, fp3
     graph = onnx.load(str(small / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert "Softmax" not in ops and "ArgMax" not in ops  # no Transformer, no codes
-    assert ops.count("Conv") == 1 and ops.count("STFT") == 1  # conv0 and the log-mel branch, nothing deeper
+    # conv0, the log-mel branch and the spectral kurtosis, nothing deeper
+    assert ops.count("Conv") == 1 and ops.count("STFT") == 2
     x = _windows(data, 1.0, 3)
     full_bundle = Bundle.load(fp32_bundle)
     full, alone = Scorer.from_bundle(full_bundle), Scorer.from_bundle(Bundle.load(small))
@@ -258,3 +261,6 @@ def test_an_opset_without_stft_is_refused_for_the_log_mel_branch(fitted: Path, t
     with pytest.raises(ExportError, match="STFT, which needs opset >= 17"):
         export_onnx(model, tmp_path / "m.onnx", opset=16)
     assert not (tmp_path / "m.onnx").exists()
+    model.meta.config = replace(model.meta.config, mel_bins=0)  # the spectral kurtosis alone needs it too
+    with pytest.raises(ExportError, match=r"spectral kurtosis \(kurtosis_bands=24\).*opset >= 17"):
+        export_onnx(model, tmp_path / "m.onnx", opset=16)

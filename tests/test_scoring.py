@@ -185,6 +185,56 @@ def test_log_mel_branch_matches_torchaudio_and_its_numpy_definition(run: Path, d
         replace(CFG, mel_bins=1).validate()
 
 
+def test_spectral_kurtosis_matches_torchaudio_and_rises_with_impacts(run: Path, data: Path) -> None:
+    import torchaudio
+
+    from aiot_w2v2 import load_model
+
+    pretrained = load_model(run / "checkpoint_last").eval()
+    fe = ScoringFrontend(pretrained, mel_bins=0, kurtosis_bands=12, kurtosis_fft=256, kurtosis_hop_ms=4.0)
+    plain = ScoringFrontend(pretrained, mel_bins=0)
+    x = torch.from_numpy(clip_windows(next((data / "fan" / "train").glob("*.wav")), 16000, 8000, 0))
+    with torch.inference_mode():
+        got = fe(x).embedding.double().numpy()
+        conv = plain(x).embedding.double().numpy()
+    conv_dim = conv.shape[1]
+    assert got.shape[1] == conv_dim + 12
+    np.testing.assert_array_equal(got[:, :conv_dim], conv)  # appended, the rest unchanged
+    power = torchaudio.transforms.MelSpectrogram(16000, n_fft=256, hop_length=64, n_mels=12, center=False,
+                                                 power=2.0)(x).double().numpy()  # (B, 12, T)
+    want = np.log((power ** 2).mean(2) / power.mean(2) ** 2)
+    np.testing.assert_allclose(got[:, conv_dim:], want, atol=1e-3)
+
+    # Short impacts ringing at 3 kHz on steady noise: the kurtosis of the bands around 3 kHz rises, the
+    # noise-only window stays near the Gaussian-noise value, and digital silence is 0 (a steady band).
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.05, 16000)
+    ring = np.sin(2 * np.pi * 3000 * np.arange(64) / 16000) * np.exp(-np.arange(64) / 16)
+    impacts = noise.copy()
+    for start in range(1000, 15000, 2500):
+        impacts[start:start + 64] += 0.3 * ring
+    batch = torch.tensor(np.stack([noise, impacts, np.zeros(16000)]), dtype=torch.float32)
+    with torch.inference_mode():
+        sk = fe(batch).embedding[:, conv_dim:].double().numpy()
+    band = int(np.argmin(np.abs(_htk_centres(12, 16000) - 3000)))
+    assert sk[1, band] > sk[0, band] + 0.4  # 0.69 vs 0.09
+    np.testing.assert_allclose(sk[1, :band - 1], sk[0, :band - 1], atol=0.05)  # the bands below: unchanged
+    assert abs(sk[0, band]) < 0.2  # steady noise: near 0 (log 1)
+    np.testing.assert_allclose(sk[2], 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="kurtosis_bands"):
+        ScoringFrontend(pretrained, kurtosis_bands=200, kurtosis_fft=256)
+    with pytest.raises(ConfigError, match="kurtosis_bands"):
+        replace(CFG, kurtosis_bands=1).validate()
+    with pytest.raises(ConfigError, match="kurtosis_bands"):
+        replace(CFG, kurtosis_hop_ms=0.0).validate()
+
+
+def _htk_centres(bands: int, sr: int) -> np.ndarray:
+    """Centre frequencies (Hz) of `bands` HTK mel bands from 0 to sr / 2."""
+    top = 2595 * np.log10(1 + sr / 2 / 700)
+    return 700 * (10 ** (np.linspace(0, top, bands + 2)[1:-1] / 2595) - 1)
+
+
 def test_scorers_equal_their_definitions(run: Path, data: Path) -> None:
     from aiot_w2v2 import load_model
 
@@ -370,9 +420,11 @@ def test_a_model_folder_missing_newer_settings_warns(fitted: Path, tmp_path: Pat
 
 def test_a_model_folder_from_before_the_rhythm_and_mel_features_loads_without_them(run: Path, data: Path,
                                                                                    tmp_path: Path) -> None:
-    fit_scoring(run, data, tmp_path / "m", replace(CFG, envelope_bands=0, mel_bins=0), progress=False)
+    fit_scoring(run, data, tmp_path / "m", replace(CFG, envelope_bands=0, mel_bins=0, kurtosis_bands=0),
+                progress=False)
     meta = json.loads((tmp_path / "m" / "scoring.json").read_text())
-    for key in ("envelope_bands", "envelope_frame_ms", "envelope_lags_ms", "mel_bins", "mel_fft", "mel_hop_ms"):
+    for key in ("envelope_bands", "envelope_frame_ms", "envelope_lags_ms", "mel_bins", "mel_fft", "mel_hop_ms",
+                "kurtosis_bands", "kurtosis_fft", "kurtosis_hop_ms"):
         del meta["config"][key]  # as written before the setting existed
     shutil.copytree(tmp_path / "m", tmp_path / "old")
     (tmp_path / "old" / "scoring.json").write_text(json.dumps(meta))
@@ -382,6 +434,7 @@ def test_a_model_folder_from_before_the_rhythm_and_mel_features_loads_without_th
         warnings.simplefilter("error")  # nothing to warn about: the feature was off then, and is off now
         old = load_scoring_model(tmp_path / "old")
     assert old.meta.config.envelope_bands == 0 and old.meta.config.mel_bins == 0
+    assert old.meta.config.kurtosis_bands == 0
     x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
     with torch.inference_mode():
         assert torch.equal(old(x), load_scoring_model(tmp_path / "m")(x))

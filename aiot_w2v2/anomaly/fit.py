@@ -145,7 +145,8 @@ def fit_scoring(run: str | Path, data_dirs: list[str | Path] | str | Path, out: 
     shortest = max(f.min_samples for f in frontends.values())
     if window < shortest:
         raise ConfigError(f"window_seconds {cfg.window_seconds:g}: these settings need windows of at least "
-                          f"{shortest / sr:.3f} s (two mask spans, two energy_smoothing_ms periods, one mel_fft)")
+                          f"{shortest / sr:.3f} s (two mask spans, two energy_smoothing_ms periods, one mel_fft, "
+                          "two kurtosis frames)")
 
     num_vars = pretrained.quantizer.num_vars
     per_entry_stats, thresholds, calibration, counts = [], {}, {}, {}

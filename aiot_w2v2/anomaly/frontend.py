@@ -21,6 +21,10 @@
   smoothed over `energy_smoothing_ms`, and, with `envelope_bands`, the rhythm of that many contiguous
   mel bands in `mel_hop_ms` frames at `envelope_lags_ms`. It is not part of wav2vec 2.0: a 10-sample
   first conv layer cannot resolve the low tones many faults add (benchmarks/RESULTS.md).
+  With `kurtosis_bands` > 0 the spectral kurtosis follows: `kurtosis_bands` HTK mel bands of
+  `kurtosis_fft`-point Hann-windowed power spectra every `kurtosis_hop_ms` (a second STFT node), and per
+  band log(mean P^2 / (mean P)^2) over the window: log 1 = 0 for a steady band, larger when short bursts
+  (impacts, slaps, crackle) carry its energy. Also not wav2vec 2.0.
 - `codes` (B, T, G): the quantizer's code per frame and group (argmax, as in evaluation).
 - `context` (B, T, F) and `targets` (B, T, F), unit length: the contrastive prediction of every
   frame, from the pass in which that frame was masked, and its quantized target. Masks are fixed:
@@ -78,7 +82,8 @@ class ScoringFrontend(nn.Module):
                  contrastive: bool = True, energy_smoothing_ms: float = 80.0, envelope_bands: int = 0,
                  envelope_frame_ms: float = 10.0, envelope_lags_ms: tuple[float, ...] = (),
                  sample_rate: int = 16000, codes: bool = True, mel_bins: int = 0, mel_fft: int = 1024,
-                 mel_hop_ms: float = 20.0) -> None:
+                 mel_hop_ms: float = 20.0, kurtosis_bands: int = 0, kurtosis_fft: int = 256,
+                 kurtosis_hop_ms: float = 4.0) -> None:
         super().__init__()
         if model.quantizer is None:
             raise ValueError("the scorers need a model with its quantizer (a pretraining checkpoint)")
@@ -135,6 +140,16 @@ class ScoringFrontend(nn.Module):
             self.register_buffer("mel_window", torch.hann_window(mel_fft), persistent=False)
             fbank = melscale_fbanks(mel_fft // 2 + 1, 0.0, sample_rate / 2, mel_bins, sample_rate)  # (K, M), HTK
             self.register_buffer("mel_fbank", fbank, persistent=False)
+        self.kurtosis_bands = kurtosis_bands
+        if kurtosis_bands:
+            if not 2 <= kurtosis_bands <= kurtosis_fft // 2 + 1 or kurtosis_hop_ms <= 0:
+                raise ValueError(f"kurtosis_bands must be in 2..{kurtosis_fft // 2 + 1} and kurtosis_hop_ms > 0, got "
+                                 f"{kurtosis_bands}, {kurtosis_hop_ms}")
+            self.kurtosis_fft = kurtosis_fft
+            self.kurtosis_hop = max(1, round(kurtosis_hop_ms / 1000 * sample_rate))
+            self.register_buffer("kurtosis_window", torch.hann_window(kurtosis_fft), persistent=False)
+            fbank = melscale_fbanks(kurtosis_fft // 2 + 1, 0.0, sample_rate / 2, kurtosis_bands, sample_rate)
+            self.register_buffer("kurtosis_fbank", fbank, persistent=False)
 
     @staticmethod
     def bands_of(weight: Tensor, bands: int) -> Tensor:
@@ -146,16 +161,29 @@ class ScoringFrontend(nn.Module):
             out[idx, b] = 1.0 / len(idx)
         return out
 
-    def _mel_embedding(self, audio: Tensor) -> Tensor:
-        """audio (B, S) -> (B, 2 * mel_bins [+ bands * lags]): the log-mel branch (module docstring)."""
+    @staticmethod
+    def _band_power(audio: Tensor, n_fft: int, hop: int, window: Tensor, fbank: Tensor) -> Tensor:
+        """audio (B, S) -> (B, M, T): power in the mel bands of Hann-windowed spectra (no padding)."""
         with warnings.catch_warnings():
             # Real/imaginary pairs instead of a complex tensor: the ONNX exporter handles only this form
             # (one STFT node, opset 17); torch warns that it is deprecated.
             warnings.simplefilter("ignore", UserWarning)
-            spec = torch.stft(audio.float(), self.mel_fft, self.mel_hop, window=self.mel_window, center=False,
-                              return_complex=False)  # (B, K, T, 2)
+            spec = torch.stft(audio.float(), n_fft, hop, window=window, center=False, return_complex=False)
         power = spec.pow(2).sum(-1)  # (B, K, T)
-        mel = torch.einsum("bkt,km->bmt", power, self.mel_fbank)  # (B, M, T)
+        return torch.einsum("bkt,km->bmt", power, fbank)
+
+    def _kurtosis(self, audio: Tensor) -> Tensor:
+        """audio (B, S) -> (B, kurtosis_bands): log(mean P^2 / (mean P)^2) of each band's short-time power.
+
+        The power is divided by its mean first (no square of a tiny power underflows); a silent band is 0."""
+        power = self._band_power(audio, self.kurtosis_fft, self.kurtosis_hop, self.kurtosis_window,
+                                 self.kurtosis_fbank) + 1e-20
+        ratio = power / power.mean(2, keepdim=True)
+        return torch.log(ratio.pow(2).mean(2))
+
+    def _mel_embedding(self, audio: Tensor) -> Tensor:
+        """audio (B, S) -> (B, 2 * mel_bins [+ bands * lags]): the log-mel branch (module docstring)."""
+        mel = self._band_power(audio, self.mel_fft, self.mel_hop, self.mel_window, self.mel_fbank)  # (B, M, T)
         log_mel = torch.log(mel + _EPS)
         mean_log = log_mel.mean(2)
         if self.relative:
@@ -177,14 +205,17 @@ class ScoringFrontend(nn.Module):
 
     @property
     def min_samples(self) -> int:
-        """Shortest window the frontend scores: two mask spans of frames, and two smoothing periods of the
-        tapped conv layer and of the log-mel branch (a std over one smoothed value would be NaN)."""
+        """Shortest window the frontend scores: two mask spans of frames, two smoothing periods of the
+        tapped conv layer and of the log-mel branch (a std over one smoothed value would be NaN), and two
+        spectral-kurtosis frames."""
         fe = self.model.wav2vec2.feature_extractor
         need = [fe.receptive_field + (2 * self.mask_span - 1) * fe.stride]
         if self.kind == "conv":
             need.append(self.tap_field + (2 * self.energy_pool - 1) * self.tap_stride)
         if self.mel_bins:
             need.append(self.mel_fft + (2 * self.mel_pool - 1) * self.mel_hop)
+        if self.kurtosis_bands:
+            need.append(self.kurtosis_fft + self.kurtosis_hop)
         return max(need)
 
     def _conv_stack(self, audio: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -228,9 +259,14 @@ class ScoringFrontend(nn.Module):
         return torch.cat([mean_log, std_log, self._autocorrelation(band, self.envelope_lags)], 1)
 
     def _embedding(self, audio: Tensor, conv_or_hidden: Tensor) -> Tensor:
-        """The conv energies (or hidden-state statistics, already pooled) [+ the log-mel branch]."""
-        embedding = self._energy_embedding(conv_or_hidden) if self.kind == "conv" else conv_or_hidden
-        return torch.cat([embedding, self._mel_embedding(audio)], 1) if self.mel_bins else embedding
+        """The conv energies (or hidden-state statistics, already pooled) [+ the log-mel branch]
+        [+ the spectral kurtosis]."""
+        parts = [self._energy_embedding(conv_or_hidden) if self.kind == "conv" else conv_or_hidden]
+        if self.mel_bins:
+            parts.append(self._mel_embedding(audio))
+        if self.kurtosis_bands:
+            parts.append(self._kurtosis(audio))
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
     def forward(self, audio: Tensor) -> WindowFeatures:
         w2v = self.model.wav2vec2
