@@ -41,7 +41,8 @@ class ScoringConfig:
     scorers: tuple[str, ...] = SCORERS
     # z-scored on out-of-fold normal scores and averaged. With the log-mel branch the best of all 1-3 member
     # sets holding mahalanobis, on the default and the held-out synthetic set (0.865 / 0.869; with code_hist
-    # 0.845 / 0.838), though still below Mahalanobis alone (0.899 / 0.894; benchmarks/RESULTS.md)
+    # 0.845 / 0.838), though still below Mahalanobis alone (0.899 / 0.894); with the spectral kurtosis too
+    # 0.905 / 0.883 vs 0.925 / 0.912 (benchmarks/RESULTS.md)
     ensemble: tuple[str, ...] = ("mahalanobis", "knn")
     decision_scorer: str = "mahalanobis"  # the column that raises alerts on the edge and decides in evaluate
     embedding_layer: str = "conv0"  # conv<i> (pre-norm channel energies) or transformer<i> (mean+std)
