@@ -123,10 +123,8 @@ class ScoringFrontend(nn.Module):
             self.register_buffer("band_weights", self.bands_of(block.conv.weight.detach(), self.envelope_bands))
         self.mel_bins = mel_bins
         if mel_bins:
-            if not 2 <= mel_bins <= mel_fft // 2 + 1 or mel_hop_ms <= 0:
-                raise ValueError(f"mel_bins must be in 2..{mel_fft // 2 + 1} and mel_hop_ms > 0, got {mel_bins}, "
-                                 f"{mel_hop_ms}")
-            self.mel_hop = max(1, round(mel_hop_ms / 1000 * sample_rate))
+            self.mel_fft = mel_fft
+            self.mel_hop = self._add_spectrogram("mel", "mel_bins", mel_bins, mel_fft, mel_hop_ms, sample_rate)
             self.mel_pool = max(1, round(energy_smoothing_ms / mel_hop_ms))
             self.mel_bands = envelope_bands if envelope_lags_ms else 0
             if self.mel_bands > mel_bins:
@@ -135,21 +133,23 @@ class ScoringFrontend(nn.Module):
             # rhythm bands: contiguous (start, stop) ranges of mel bins, low to high
             splits = torch.tensor_split(torch.arange(mel_bins), self.mel_bands) if self.mel_bands else ()
             self.mel_groups = [(int(g[0]), int(g[-1]) + 1) for g in splits]
-            # Derived from the settings, not learned: not saved with the model (persistent=False).
-            self.mel_fft = mel_fft
-            self.register_buffer("mel_window", torch.hann_window(mel_fft), persistent=False)
-            fbank = melscale_fbanks(mel_fft // 2 + 1, 0.0, sample_rate / 2, mel_bins, sample_rate)  # (K, M), HTK
-            self.register_buffer("mel_fbank", fbank, persistent=False)
         self.kurtosis_bands = kurtosis_bands
         if kurtosis_bands:
-            if not 2 <= kurtosis_bands <= kurtosis_fft // 2 + 1 or kurtosis_hop_ms <= 0:
-                raise ValueError(f"kurtosis_bands must be in 2..{kurtosis_fft // 2 + 1} and kurtosis_hop_ms > 0, got "
-                                 f"{kurtosis_bands}, {kurtosis_hop_ms}")
             self.kurtosis_fft = kurtosis_fft
-            self.kurtosis_hop = max(1, round(kurtosis_hop_ms / 1000 * sample_rate))
-            self.register_buffer("kurtosis_window", torch.hann_window(kurtosis_fft), persistent=False)
-            fbank = melscale_fbanks(kurtosis_fft // 2 + 1, 0.0, sample_rate / 2, kurtosis_bands, sample_rate)
-            self.register_buffer("kurtosis_fbank", fbank, persistent=False)
+            self.kurtosis_hop = self._add_spectrogram("kurtosis", "kurtosis_bands", kurtosis_bands, kurtosis_fft,
+                                                      kurtosis_hop_ms, sample_rate)
+
+    def _add_spectrogram(self, name: str, setting: str, bands: int, n_fft: int, hop_ms: float,
+                         sample_rate: int) -> int:
+        """Check a mel spectrogram's settings, register its Hann window and HTK filter bank (K, M) as the
+        buffers `<name>_window` and `<name>_fbank`, and return its hop in samples. The buffers derive from
+        the settings, not from learning: they are not saved with the model (persistent=False)."""
+        if not 2 <= bands <= n_fft // 2 + 1 or hop_ms <= 0:
+            raise ValueError(f"{setting} must be in 2..{n_fft // 2 + 1} and {name}_hop_ms > 0, got {bands}, {hop_ms}")
+        self.register_buffer(f"{name}_window", torch.hann_window(n_fft), persistent=False)
+        fbank = melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, bands, sample_rate)
+        self.register_buffer(f"{name}_fbank", fbank, persistent=False)
+        return max(1, round(hop_ms / 1000 * sample_rate))
 
     @staticmethod
     def bands_of(weight: Tensor, bands: int) -> Tensor:

@@ -115,16 +115,8 @@ class ScoringConfig:
                                                                 or min(self.envelope_lags_ms) <= 0)):
             raise ConfigError("envelope_bands must be >= 0; with bands, envelope_frame_ms and every lag in "
                               f"envelope_lags_ms > 0 (got {self.envelope_frame_ms}, {list(self.envelope_lags_ms)})")
-        if self.mel_bins < 0 or (self.mel_bins and not (2 <= self.mel_bins <= self.mel_fft // 2 + 1
-                                                        and self.mel_fft >= 16 and self.mel_hop_ms > 0)):
-            raise ConfigError("mel_bins must be 0 (off) or in 2..mel_fft/2+1, with mel_fft >= 16 and mel_hop_ms > 0"
-                              f" (got {self.mel_bins}, {self.mel_fft}, {self.mel_hop_ms})")
-        if self.kurtosis_bands < 0 or (self.kurtosis_bands and not (
-                2 <= self.kurtosis_bands <= self.kurtosis_fft // 2 + 1 and self.kurtosis_fft >= 16
-                and self.kurtosis_hop_ms > 0)):
-            raise ConfigError("kurtosis_bands must be 0 (off) or in 2..kurtosis_fft/2+1, with kurtosis_fft >= 16 and "
-                              f"kurtosis_hop_ms > 0 (got {self.kurtosis_bands}, {self.kurtosis_fft}, "
-                              f"{self.kurtosis_hop_ms})")
+        self._check_spectrogram("mel_bins", "mel_fft", "mel_hop_ms")
+        self._check_spectrogram("kurtosis_bands", "kurtosis_fft", "kurtosis_hop_ms")
         if self.mel_bins and self.envelope_bands > self.mel_bins:
             raise ConfigError(f"envelope_bands ({self.envelope_bands}) must be <= mel_bins ({self.mel_bins})")
         if self.adapt_steps < 0 or self.adapt_lr <= 0:
@@ -132,6 +124,13 @@ class ScoringConfig:
         if self.contrastive_topk < 0 or self.code_smoothing <= 0:
             raise ConfigError("contrastive_topk must be >= 0 and code_smoothing > 0")
         return self
+
+    def _check_spectrogram(self, bands_key: str, fft_key: str, hop_key: str) -> None:
+        """A spectrogram branch's bands: 0 (off) or 2..n_fft/2+1, with n_fft >= 16 and a positive hop."""
+        bands, n_fft, hop = getattr(self, bands_key), getattr(self, fft_key), getattr(self, hop_key)
+        if bands < 0 or (bands and not (2 <= bands <= n_fft // 2 + 1 and n_fft >= 16 and hop > 0)):
+            raise ConfigError(f"{bands_key} must be 0 (off) or in 2..{fft_key}/2+1, with {fft_key} >= 16 and "
+                              f"{hop_key} > 0 (got {bands}, {n_fft}, {hop})")
 
     def needs_contrastive(self) -> bool:
         """Whether the frontend must run its masked passes (the costly part of scoring)."""
@@ -143,7 +142,6 @@ class ScoringConfig:
 
     def columns_per_entry(self) -> list[str]:
         return list(self.scorers) + ([ENSEMBLE] if self.ensemble else [])
-
 
 
 # scoring.json written before the envelope (mel, kurtosis) settings existed was fitted without those features
