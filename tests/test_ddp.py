@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from aiot_w2v2.config import LossConfig, MaskingConfig, to_dict
 from aiot_w2v2.model import Wav2Vec2ForPreTraining
-from aiot_w2v2.train import normalize_gradients
+from aiot_w2v2.train import normalize_gradients, release_process_group
 from aiot_w2v2.train.metrics import read_metrics
 
 WORLD = 2
@@ -57,42 +57,44 @@ def _gradient_worker(rank: int, port: int) -> None:
     torch.set_num_threads(1)  # two processes share the CPU
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        torch.manual_seed(0)
-        loss_cfg = LossConfig(num_negatives=10, diversity_weight=0.0, feature_penalty_weight=0.0)
-        model = Wav2Vec2ForPreTraining(tiny_model_config(num_heads=2), MaskingConfig(), loss_cfg).eval()
-        reference = copy.deepcopy(model)
-        wave, mask = _global_batch()
-
-        # One process, the global batch: the loss is the mean over all 7 masked frames.
-        whole = reference(wave, mask=mask, generator=torch.Generator().manual_seed(1))
-        whole.loss.backward()
-        assert float(whole.loss.detach()) > 0.1
-
-        # Two ranks, two clips each, through the training loop's normalisation.
-        ddp = DistributedDataParallel(model)
-        mine = slice(2 * rank, 2 * rank + 2)
-        out = ddp(wave[mine], mask=mask[mine], generator=torch.Generator().manual_seed(1))
-        assert out.num_masked == (4 if rank == 0 else 3)
-        (out.loss * out.num_masked).backward()
-        params = [p for p in model.parameters() if p.requires_grad]
-        assert normalize_gradients(params, out.num_masked, WORLD, torch.device("cpu")) == 7
-
-        # float32 sums in another order: equal up to rounding, relative to each tensor's scale (with a
-        # floor for gradients that are zero up to rounding, like the attention key bias's)
-        floor = 1e-6 * max(float(q.grad.abs().max()) for q in reference.parameters())
-        for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
-            atol = max(1e-5 * float(q.grad.abs().max()), floor)
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
-        # Averaging the per-rank means instead (DDP's default) would weigh rank 1's 3 frames like
-        # rank 0's 4: a different objective, so the check above can tell the two apart.
-        mean_of_means = out.loss.detach().clone()
-        dist.all_reduce(mean_of_means)
-        assert abs(float(mean_of_means) / WORLD - float(whole.loss.detach())) > 1e-3
-        # Both ranks done before either tears down, as after the training loop's last save: a rank that
-        # exits first can leave the other's gloo threads to abort its exit (SIGABRT, about 1 run in 4 here).
-        dist.barrier()
+        _check_gradients(rank)
     finally:
-        dist.destroy_process_group()
+        release_process_group()
+
+
+def _check_gradients(rank: int) -> None:
+    """The DDP gradients of this rank's half of the batch against one process on the whole batch."""
+    torch.manual_seed(0)
+    loss_cfg = LossConfig(num_negatives=10, diversity_weight=0.0, feature_penalty_weight=0.0)
+    model = Wav2Vec2ForPreTraining(tiny_model_config(num_heads=2), MaskingConfig(), loss_cfg).eval()
+    reference = copy.deepcopy(model)
+    wave, mask = _global_batch()
+
+    # One process, the global batch: the loss is the mean over all 7 masked frames.
+    whole = reference(wave, mask=mask, generator=torch.Generator().manual_seed(1))
+    whole.loss.backward()
+    assert float(whole.loss.detach()) > 0.1
+
+    # Two ranks, two clips each, through the training loop's normalisation.
+    ddp = DistributedDataParallel(model)
+    mine = slice(2 * rank, 2 * rank + 2)
+    out = ddp(wave[mine], mask=mask[mine], generator=torch.Generator().manual_seed(1))
+    assert out.num_masked == (4 if rank == 0 else 3)
+    (out.loss * out.num_masked).backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert normalize_gradients(params, out.num_masked, WORLD, torch.device("cpu")) == 7
+
+    # float32 sums in another order: equal up to rounding, relative to each tensor's scale (with a
+    # floor for gradients that are zero up to rounding, like the attention key bias's)
+    floor = 1e-6 * max(float(q.grad.abs().max()) for q in reference.parameters())
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        atol = max(1e-5 * float(q.grad.abs().max()), floor)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+    # Averaging the per-rank means instead (DDP's default) would weigh rank 1's 3 frames like
+    # rank 0's 4: a different objective, so the check above can tell the two apart.
+    mean_of_means = out.loss.detach().clone()
+    dist.all_reduce(mean_of_means)
+    assert abs(float(mean_of_means) / WORLD - float(whole.loss.detach())) > 1e-3
 
 
 @pytest.mark.slow

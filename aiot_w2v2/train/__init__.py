@@ -11,7 +11,13 @@ import warnings
 warnings.filterwarnings("ignore", message=r"'aiot_w2v2\.train\.pretrain' found in sys\.modules",
                         category=RuntimeWarning)
 
-from .pretrain import NoUsableAudioError, PretrainSummary, normalize_gradients, pretrain  # noqa: E402
+from .pretrain import (  # noqa: E402
+    NoUsableAudioError,
+    PretrainSummary,
+    normalize_gradients,
+    pretrain,
+    release_process_group,
+)
 from .schedule import lr_at  # noqa: E402
 
-__all__ = ["NoUsableAudioError", "PretrainSummary", "lr_at", "normalize_gradients", "pretrain"]
+__all__ = ["NoUsableAudioError", "PretrainSummary", "lr_at", "normalize_gradients", "pretrain", "release_process_group"]
