@@ -14,12 +14,27 @@ from pathlib import Path
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from .synth import generate_dataset
+    from .synth_suite import generate_suite
 
     machines = [m.strip() for m in args.machines.split(",") if m.strip()]
-    df = generate_dataset(args.out, machines=machines, ids_per_machine=args.ids, n_train=args.n_train,
-                          n_test_normal=args.n_test, n_test_anomaly=args.n_test, seconds=args.seconds,
-                          seed=args.seed)
-    counts = df.groupby(["machine", "split", "label"]).size()
+    if args.suite is None:
+        if args.hours is not None:
+            raise SystemExit("synth: --hours needs --suite pretrain")
+        df = generate_dataset(args.out, machines=machines, ids_per_machine=args.ids,
+                              n_train=40 if args.n_train is None else args.n_train,
+                              n_test_normal=12 if args.n_test is None else args.n_test,
+                              n_test_anomaly=12 if args.n_test is None else args.n_test, seconds=args.seconds,
+                              seed=args.seed)
+        counts = df.groupby(["machine", "split", "label"]).size()
+    else:
+        try:
+            df = generate_suite(args.out, args.suite, machines=machines, sections=args.sections,
+                                n_train_source=80 if args.n_train is None else args.n_train,
+                                n_train_target=args.n_target_train, n_test=10 if args.n_test is None else args.n_test,
+                                hours=args.hours, instances=args.instances, seconds=args.seconds, seed=args.seed)
+        except ValueError as err:
+            raise SystemExit(f"synth: {err}") from err
+        counts = df.groupby(["machine", "family", "domain", "split", "label"]).size()
     print(f"wrote {len(df)} clips to {args.out}")
     print(counts.to_string())
     return 0
@@ -153,12 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("synth", help="write synthetic machine sounds in the DCASE 2020 layout")
+    s = sub.add_parser("synth", help="write synthetic machine sounds (DCASE 2020 layout; --suite: DCASE 2021+)")
     s.add_argument("--out", required=True)
+    s.add_argument("--suite", choices=("dev", "heldout", "pretrain"), default=None,
+                   help="DCASE 2021+ layout with generator families and source/target domains: dev (method "
+                        "choices), heldout (frozen families, final reports only), pretrain (unlabeled corpus)")
     s.add_argument("--machines", default="fan,pump,valve,slider")
-    s.add_argument("--ids", type=int, default=2, help="machine IDs per machine type")
-    s.add_argument("--n-train", type=int, default=40, help="normal training clips per machine ID")
-    s.add_argument("--n-test", type=int, default=12, help="normal and anomalous test clips per machine ID")
+    s.add_argument("--ids", type=int, default=2, help="machine IDs per machine type (DCASE 2020 layout)")
+    s.add_argument("--sections", type=int, default=2, help="--suite dev/heldout: sections (machine instances) "
+                                                           "per machine type")
+    s.add_argument("--n-train", type=int, default=None, help="normal training clips per machine ID (default 40); "
+                                                             "--suite: source-domain ones per section (default 80)")
+    s.add_argument("--n-target-train", type=int, default=6, help="--suite: target-domain training clips per section")
+    s.add_argument("--n-test", type=int, default=None,
+                   help="normal and anomalous test clips per machine ID (default 12); --suite: per section and "
+                        "domain (default 10)")
+    s.add_argument("--hours", type=float, default=None, help="--suite pretrain: hours of audio to write")
+    s.add_argument("--instances", type=int, default=8, help="--suite pretrain: machine instances per machine "
+                                                            "type and family")
     s.add_argument("--seconds", type=float, default=4.0)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_synth)
