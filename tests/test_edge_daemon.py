@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -206,3 +207,29 @@ def test_score_cli_reports_bad_files(tmp_path, tiny_bundle, capsys) -> None:
     assert cli_main(["score", "--bundle", str(tmp_path / "missing"), str(good)]) == 2
     sf.write(tmp_path / "x.wav", np.zeros(10, np.float32), SR)  # shorter than a window: padded, still scored
     assert cli_main(["score", "--bundle", str(tiny_bundle), str(tmp_path / "x.wav")]) == 0
+
+
+class _BrokenSource(FedSource):
+    """A live source whose reader dies of an error nobody planned for (a bug, a symlink loop, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crash = threading.Event()
+
+    def __iter__(self):
+        self.crash.wait(20)
+        yield from ()
+        raise RuntimeError("Symlink loop from 'WATCH/l.wav'")
+
+
+def test_source_thread_crash_ends_the_daemon_with_an_error(tmp_path, brokers, subscribers, run_daemon,
+                                                           tiny_bundle) -> None:
+    # Once, the source thread died and the daemon stayed `online`, fed the watchdog and scored nothing.
+    broker = brokers().start()
+    sub = subscribers(broker, topics="aiot/lab/pi1/status")
+    source = _BrokenSource()
+    d = run_daemon(daemon_config(tmp_path, broker, tiny_bundle), source)
+    wait_for(lambda: [m for m in sub.on("/status") if m.payload == b"online"], what="status online")
+    source.crash.set()
+    assert d.join(15) == 1
+    wait_for(lambda: sub.on("/status") and sub.on("/status")[-1].payload == b"offline", what="status offline")

@@ -216,6 +216,54 @@ def test_folder_source_refuses_a_corrupt_state_file(tmp_path: Path) -> None:
         FolderSource(tmp_path, tmp_path / "s.json", SR)
 
 
+def test_folder_source_skips_a_symlink_loop_and_scores_the_rest(tmp_path: Path, caplog) -> None:
+    watched = tmp_path / "w"
+    watched.mkdir()
+    os.symlink("l.wav", watched / "l.wav")  # `ln -s l.wav WATCH/l.wav`: resolving it loops
+    write_wav(watched / "m.wav", tone(SR, 0.2, 500.0))
+    with FolderSource(watched, tmp_path / "s.json", SR, poll_s=0.01, settle_s=0.0, stop_when_idle=True) as src:
+        chunks = list(src)
+    assert [Path(c.source).name for c in chunks] == ["m.wav"]
+    assert "l.wav" in caplog.text and "skipping" in caplog.text
+    assert src.done == ["m.wav"]
+
+
+def test_folder_source_records_a_file_that_fails_in_an_unexpected_way(tmp_path: Path, monkeypatch) -> None:
+    # Any error while decoding one file (here a MemoryError from the decoder) fails that file only.
+    import aiot_edge.sources as sources
+
+    write_wav(tmp_path / "a.wav", tone(SR, 0.2, 500.0), mtime=1_000)
+    write_wav(tmp_path / "b.wav", tone(SR, 0.2, 500.0), mtime=2_000)
+    real = sources.read_audio
+
+    def flaky(path, sr):
+        if Path(path).name == "a.wav":
+            raise MemoryError("simulated: the decoder ran out of memory")
+        return real(path, sr)
+
+    monkeypatch.setattr(sources, "read_audio", flaky)
+    with FolderSource(tmp_path, tmp_path / ".s.json", SR, settle_s=0.0, stop_when_idle=True) as src:
+        chunks = list(src)
+    assert {Path(c.source).name for c in chunks} == {"b.wav"}
+    assert src.failed == [("a.wav", "MemoryError: simulated: the decoder ran out of memory")]
+
+
+@pytest.mark.parametrize("rate", [1, 999, 384_001])
+def test_audio_refuses_a_sample_rate_outside_the_sane_range(tmp_path: Path, rate: int) -> None:
+    # A header claiming 1 Hz once made the resampler allocate gigabytes (16000x the samples).
+    path = tmp_path / "odd.wav"
+    sf.write(path, np.zeros(32_000, np.float32), rate, subtype="PCM_16")
+    with pytest.raises(AudioFormatError, match="sample rate"):
+        read_audio(path, SR)
+
+
+def test_audio_bounds_the_resampled_length_before_allocating(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "long.wav", np.zeros(8000 * 3, np.float32), sr=8000)
+    with pytest.raises(AudioFormatError, match="longer than"):
+        read_audio(path, SR, max_samples=SR * 2)  # 3 s at 16 kHz is over a 2 s bound
+    assert read_audio(path, SR, max_samples=SR * 3).shape == (SR * 3,)
+
+
 # ---------------------------------------------------------------------------------------------- stdin
 
 

@@ -21,20 +21,44 @@ import soundfile as sf
 log = logging.getLogger(__name__)
 
 _BLOCK = 16384  # output samples computed per vectorised step (bounds memory to _BLOCK * taps floats)
+# Sample rates a real recording has: a header outside this range is damaged or hostile (a 1 Hz header
+# made a 128 KB file resample to gigabytes).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
+# Longest file decoded whole, in output samples: 1 hour at 16 kHz is 230 MB of float32. Longer
+# recordings go in pieces (or as a stream on stdin).
+MAX_FILE_SAMPLES = 3600 * 16_000
 
 
 class AudioFormatError(ValueError):
     """Audio cannot be used (unreadable, empty, NaN/Inf); the message names the file when there is one."""
 
 
-def read_audio(path: str | os.PathLike[str], target_sr: int) -> np.ndarray:
+def check_sample_rate(sr: int, what: str) -> None:
+    """Raise `AudioFormatError` unless `sr` is in [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]; `what` names the input."""
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise AudioFormatError(f"{what}: sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz "
+                               "(a damaged header?)")
+
+
+def read_audio(path: str | os.PathLike[str], target_sr: int, max_samples: int = MAX_FILE_SAMPLES) -> np.ndarray:
     """Read `path` as float32 mono at `target_sr`: shape [samples].
 
     Channels are averaged; other rates are resampled with `resample`. Raises `AudioFormatError` when
-    the file cannot be read, holds no samples, or holds NaN/Inf samples.
+    the file cannot be read, holds no samples or NaN/Inf samples, has a sample rate outside
+    1-384 kHz, or would be longer than `max_samples` at `target_sr` (checked from the header, before
+    anything is allocated).
     """
     if target_sr <= 0:
         raise ValueError(f"target_sr must be positive, got {target_sr}")
+    try:
+        info = sf.info(path)
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        raise AudioFormatError(f"{path}: cannot read audio ({err})") from err
+    check_sample_rate(int(info.samplerate), str(path))
+    n_out = resampled_length(info.frames, int(info.samplerate), target_sr)
+    if n_out > max_samples:
+        raise AudioFormatError(f"{path}: {n_out} samples at {target_sr} Hz ({n_out / target_sr:.0f} s) is longer "
+                               f"than the {max_samples} samples decoded at once; split the recording")
     x, file_sr = read_mono(path)
     if file_sr != target_sr:
         x = resample(x, file_sr, target_sr)
@@ -53,6 +77,7 @@ def read_mono(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
         raise AudioFormatError(f"{path}: cannot read audio ({err})") from err
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioFormatError(f"{path}: file holds no samples")
+    check_sample_rate(int(file_sr), str(path))
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if bad:
         raise AudioFormatError(f"{path}: {bad} of {data.size} samples are NaN or Inf")

@@ -99,7 +99,9 @@ class _ChunkReader:
                 if self._stop.is_set():
                     return
             self._items.put(_End())
-        except (SourceError, OSError, ValueError) as err:
+        except BaseException as err:  # noqa: BLE001 - whatever ends this thread must reach the main loop
+            # Anything (a symlink loop, a bug, MemoryError) ends the daemon with an error instead of
+            # leaving it `online`, feeding the watchdog, with nothing read any more.
             self._items.put(_Failed(err))
 
     def get(self, timeout: float) -> Chunk | _End | _Failed | None:
@@ -257,7 +259,8 @@ class Daemon:
                 exhausted = True
                 break
             if isinstance(item, _Failed):
-                log.error("source failed: %s", item.error, extra=fields(error=type(item.error).__name__))
+                log.error("source failed: %s; stopping (exit %d)", item.error, ExitCode.ERROR,
+                          extra=fields(error=type(item.error).__name__))
                 return ExitCode.ERROR
             if item is not None:
                 self._process(item)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import queue
+import stat
 import sys
 import tempfile
 import threading
@@ -120,6 +121,10 @@ class FileSource(Source):
                 log.error("skipping %s", err)
                 self.failed.append((path, str(err)))
                 continue
+            except Exception as err:  # noqa: BLE001 - one odd file (MemoryError, a bug) must not stop the rest
+                log.error("skipping %s: %s: %s", path, type(err).__name__, err)
+                self.failed.append((path, f"{type(err).__name__}: {err}"))
+                continue
             for chunk in _file_chunks(path, x, self.sample_rate, self.chunk_size):
                 if self.stopped:
                     return
@@ -164,6 +169,7 @@ class FolderSource(Source):
         self._files: dict[str, dict[str, Any]] = self._load_state()  # name -> {status, size, mtime_ns[, error]}
         self._settling: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, stable since)
         self._listed: set[str] = set()
+        self._warned: set[str] = set()  # entries whose problem was logged already
 
     @property
     def done(self) -> list[str]:
@@ -192,15 +198,20 @@ class FolderSource(Source):
         now = self._clock()
         ready, listed = [], set()
         for p in sorted(self.directory.glob(self.pattern)):
-            if p.name.startswith(".") or p.resolve() == self._state_resolved:
+            if p.name.startswith("."):
                 continue
+            name = p.relative_to(self.directory).as_posix()
             try:
+                if p.resolve() == self._state_resolved:
+                    continue
                 st = p.stat()
             except FileNotFoundError:
                 continue  # vanished between listing and stat
-            if not p.is_file():
+            except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (`ln -s l.wav l.wav`)
+                self._warn_once(name, f"skipping {self.directory / name}: cannot look at it ({err})")
                 continue
-            name = p.relative_to(self.directory).as_posix()
+            if not stat.S_ISREG(st.st_mode):
+                continue
             listed.add(name)
             known = self._files.get(name)
             if known is not None and known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns:
@@ -224,12 +235,23 @@ class FolderSource(Source):
             log.warning("skipping broken file %s", err)
             self._record(name, size, mtime_ns, "failed", str(err))
             return
+        except Exception as err:  # noqa: BLE001 - one odd file (MemoryError, a bug) must not stop the folder
+            reason = f"{type(err).__name__}: {err}"
+            log.error("skipping file %s: %s", path, reason)
+            self._record(name, size, mtime_ns, "failed", reason)
+            return
         for chunk in _file_chunks(str(path), x, self.sample_rate, self.chunk_size):
             if self.stopped:
                 return  # not recorded: redone after a restart
             yield chunk
         # The consumer asked for the next chunk, so it has processed this file's last one.
         self._record(name, size, mtime_ns, "done")
+
+    def _warn_once(self, name: str, message: str) -> None:
+        """Log a problem with one folder entry once, not on every scan."""
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning("%s", message)
 
     def _record(self, name: str, size: int, mtime_ns: int, status: str, error: str | None = None) -> None:
         entry: dict[str, Any] = {"status": status, "size": size, "mtime_ns": mtime_ns}
