@@ -64,6 +64,9 @@ MACHINES = ("fan", "pump", "valve", "slider")
 # period (s) for cyclic ones. Different families of one machine share these, so "fan" stays a fan.
 ROTATION_HZ = {"fan": (15.0, 45.0), "pump": (20.0, 50.0), "valve": (8.0, 20.0), "slider": (30.0, 80.0)}
 CYCLE_S = {"fan": (0.03, 0.08), "pump": (0.08, 0.25), "valve": (0.4, 0.9), "slider": (0.6, 1.2)}
+# A mechanism's hit pattern repeats more slowly than the flow it modulates (a fan's damper flaps,
+# a piston pump's strokes): hits that overlap would not be heard as hits.
+IMPACT_CYCLE_S = {"fan": (0.12, 0.3), "pump": (0.15, 0.35), "valve": (0.4, 0.9), "slider": (0.6, 1.2)}
 
 
 @dataclass(frozen=True)
@@ -218,10 +221,10 @@ def _broadband_faults(machine: str) -> tuple[str, ...]:
 def _impact_draw(machine: str, rng: np.random.Generator) -> dict:
     k = int(rng.integers(1, 4))
     return dict(
-        period=rng.uniform(*CYCLE_S[machine]),
+        period=rng.uniform(*IMPACT_CYCLE_S[machine]),
         offsets=np.sort(rng.uniform(0.0, 1.0, k)),  # hit times within a cycle, as fractions
         weights=rng.uniform(0.4, 1.0, k),
-        modes=[(rng.uniform(300, 6000), rng.uniform(0.003, 0.03), rng.uniform(0.3, 1.0)) for _ in range(4)],
+        modes=[(rng.uniform(300, 6000), rng.uniform(0.002, 0.015), rng.uniform(0.3, 1.0)) for _ in range(4)],
         rattle=rng.uniform(1500.0, 4500.0),
         hiss_fc=rng.uniform(800.0, 3000.0),
     )
