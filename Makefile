@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml edge/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.14.1" "torchaudio==2.11.0"
-	$(BIN)/pip install -q -e "./edge[embedded]"
+	$(BIN)/pip install -q -e "./edge[embedded,dashboard]"
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
 

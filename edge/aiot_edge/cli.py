@@ -1,9 +1,10 @@
-"""`aiot-edge` command line: `run` (the MQTT alert daemon) and `score` (offline, JSON lines). Thin: parses, calls.
+"""`aiot-edge` command line: `run` (MQTT alert daemon), `score` (offline, JSON lines), `dashboard`. Thin: parses, calls.
 
     aiot-edge run   [--config edge.yaml] [--bundle B] [--source file:PATH|folder:DIR|stdin|alsa:DEV]
                     [--machine M --machine-id ID] [--broker mqtt://H:P|mqtts://H:P|embedded]
                     [--site S] [--device D] [--spool FILE] [--once] [--set key=value ...]
     aiot-edge score --bundle BUNDLE [--machine M --machine-id ID] FILE.wav...
+    aiot-edge dashboard --broker mqtt://H:P [--site S] [--listen 127.0.0.1:8080] [--db FILE]
 
 Flags override the config file; `--set key.sub=value` overrides any config key (the value is read
 as YAML: `--set mqtt.reconnect_min_s=0.5`). Exit codes of `run`: 0 done / stopped, 1 the source
@@ -16,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -67,6 +70,19 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--providers", help="comma-separated onnxruntime providers, e.g. cuda,cpu")
     score.add_argument("--log-level", default="WARNING")
     score.add_argument("files", nargs="+", help="audio files")
+
+    dash = sub.add_parser("dashboard", help="live web page of devices, scores and alerts (extra: edge[dashboard])")
+    dash.add_argument("--broker", default="mqtt://localhost:1883", help="mqtt://HOST:PORT | mqtts://HOST:PORT")
+    dash.add_argument("--site", default="+", help="the site to show (default: every site)")
+    dash.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT of the page (port 0: a free one)")
+    dash.add_argument("--db", default="aiot-dashboard.db", help="SQLite file keeping alerts, acks and scores")
+    dash.add_argument("--token-file", help="file holding the token a browser must give (required off loopback); "
+                      "or set AIOT_DASHBOARD_TOKEN")
+    dash.add_argument("--username", help="MQTT user name")
+    dash.add_argument("--password-file", help="file holding the MQTT password")
+    dash.add_argument("--ca", help="CA certificate for mqtts://")
+    dash.add_argument("--max-alerts", type=int, default=10_000, help="alerts kept in the database (oldest go)")
+    dash.add_argument("--log-level", default="INFO")
     return p
 
 
@@ -130,10 +146,35 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    try:
+        from .dashboard import Dashboard, DashboardConfig
+    except ImportError as err:
+        log.error("the dashboard needs its extra: pip install 'aiot-w2v2-edge[dashboard]' (%s)", err)
+        return 2
+
+    def secret(path: str | None, env: str | None = None) -> str | None:
+        if path:
+            return Path(path).read_text(encoding="utf-8").strip()
+        return os.environ.get(env) if env else None
+
+    try:
+        cfg = DashboardConfig(broker=args.broker, site=args.site, listen=args.listen, db=args.db,
+                              token=secret(args.token_file, "AIOT_DASHBOARD_TOKEN"), username=args.username,
+                              password=secret(args.password_file), ca=args.ca, max_alerts=args.max_alerts)
+        return Dashboard(cfg).run()
+    except (ConfigError, OSError) as err:
+        log.error("dashboard cannot start: %s", err)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "dashboard":
+        return cmd_dashboard(args)
     return cmd_score(args)
 
 
