@@ -90,3 +90,17 @@ def test_broker_urls() -> None:
 def test_example_config_loads() -> None:
     cfg = load_config(EXAMPLE)
     assert cfg.bundle and cfg.source and cfg.spool.path.startswith("/var/lib/aiot-edge")
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"input.poll_s": 0}, "input.poll_s must be between"),  # 0 spun a core
+    ({"input.poll_s": -1.0}, "input.poll_s must be between"),
+    ({"input.settle_s": -1.0}, "input.settle_s must be between"),
+    ({"mqtt.keepalive_s": 1_000_000_000}, "mqtt.keepalive_s must be between 1 and 65535"),  # killed paho's thread
+    ({"mqtt.keepalive_s": 0}, "mqtt.keepalive_s must be between 1 and 65535"),
+    ({"mqtt.reconnect_min_s": 0}, "mqtt.reconnect_min_s"),
+    ({"mqtt.reconnect_min_s": 5, "mqtt.reconnect_max_s": 1}, "mqtt.reconnect_max_s"),
+])
+def test_ranges_are_checked(override: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        with_overrides(EdgeConfig(), override)

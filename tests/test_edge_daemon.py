@@ -6,6 +6,7 @@ broker is killed at teardown (fixtures in edge_fixtures.py), also when a test fa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -233,3 +234,15 @@ def test_source_thread_crash_ends_the_daemon_with_an_error(tmp_path, brokers, su
     source.crash.set()
     assert d.join(15) == 1
     wait_for(lambda: sub.on("/status") and sub.on("/status")[-1].payload == b"offline", what="status offline")
+
+
+def test_a_dead_mqtt_thread_ends_the_daemon_with_an_error(tmp_path, brokers, run_daemon, tiny_bundle,
+                                                          caplog) -> None:
+    # A keepalive beyond MQTT's 16 bits killed paho's network thread at connect; the daemon then ran
+    # on without ever connecting. The config refuses that value now; any dead publisher thread is fatal.
+    broker = brokers().start()
+    cfg = daemon_config(tmp_path, broker, tiny_bundle)
+    cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, keepalive_s=1_000_000_000))  # unchecked
+    d = run_daemon(cfg, FedSource())
+    assert d.join(15) == 1
+    assert "MQTT network thread died" in caplog.text

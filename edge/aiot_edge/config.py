@@ -231,8 +231,20 @@ def validate(cfg: EdgeConfig) -> EdgeConfig:
         raise ConfigError("decision.hysteresis and decision.cooldown_s must be >= 0, decision.critical_factor >= 1")
     if cfg.spool.max_rows < 1 or cfg.spool.max_bytes < 1:
         raise ConfigError("spool.max_rows and spool.max_bytes must be positive")
-    if cfg.mqtt.max_inflight < 1 or cfg.mqtt.keepalive_s < 1:
-        raise ConfigError("mqtt.max_inflight and mqtt.keepalive_s must be positive")
+    if cfg.mqtt.max_inflight < 1:
+        raise ConfigError("mqtt.max_inflight must be positive")
+    if not 1 <= cfg.mqtt.keepalive_s <= 65535:  # a 16-bit field in MQTT's CONNECT packet
+        raise ConfigError(f"mqtt.keepalive_s must be between 1 and 65535, got {cfg.mqtt.keepalive_s}")
+    if not 0 < cfg.mqtt.reconnect_min_s <= 3600:
+        raise ConfigError(f"mqtt.reconnect_min_s must be > 0 and <= 3600, got {cfg.mqtt.reconnect_min_s:g}")
+    if not cfg.mqtt.reconnect_min_s <= cfg.mqtt.reconnect_max_s <= 3600:
+        raise ConfigError(f"mqtt.reconnect_max_s must be between mqtt.reconnect_min_s and 3600, "
+                          f"got {cfg.mqtt.reconnect_max_s:g}")
+    # poll_s: 0 would spin a core rescanning the folder; more than an hour looks like a unit mistake.
+    if not 0.01 <= cfg.input.poll_s <= 3600:
+        raise ConfigError(f"input.poll_s must be between 0.01 and 3600 seconds, got {cfg.input.poll_s:g}")
+    if not 0 <= cfg.input.settle_s <= 3600:
+        raise ConfigError(f"input.settle_s must be between 0 and 3600 seconds, got {cfg.input.settle_s:g}")
     if cfg.log_format not in ("kv", "json"):
         raise ConfigError(f"log_format must be 'kv' or 'json', got {cfg.log_format!r}")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -67,6 +67,10 @@ class ExitCode(enum.IntEnum):
     UNSENT = 3  # --once gave up with alerts still in the spool
 
 
+class _PublisherDied(RuntimeError):
+    """A publisher thread died: nothing would be published any more."""
+
+
 class _End:
     """The source is exhausted."""
 
@@ -174,7 +178,11 @@ class Daemon:
             stack.enter_context(self._signals())
             self.started.set()
             sd_notify("READY=1")
-            code = self._loop(reader)
+            try:
+                code = self._loop(reader)
+            except _PublisherDied as err:
+                log.error("%s; stopping (exit %d)", err, ExitCode.ERROR)
+                code = ExitCode.ERROR
             sd_notify("STOPPING=1")
             reader.stop()
             self._flush_on_stop()
@@ -359,6 +367,9 @@ class Daemon:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        dead = self.publisher.dead_thread() if self.publisher is not None else None
+        if dead is not None:  # checked before the watchdog ping: a daemon that cannot publish is not healthy
+            raise _PublisherDied(f"{dead} died (see the error above)")
         self._watchdog.ping()
         if self.cfg.telemetry_every_s > 0 and now >= self._next_telemetry:
             self._next_telemetry = now + self.cfg.telemetry_every_s

@@ -158,6 +158,7 @@ class Publisher:
         self._last_failure_log = 0.0
         self._diagnose = threading.Event()
         self._pump: threading.Thread | None = None
+        self._network_started = False  # loop_start() was called (and loop_stop() not yet)
         self._v5 = cfg.mqtt.protocol == "5"
         self._ssl_context: ssl.SSLContext | None = None
         self.client = self._make_client()
@@ -203,6 +204,7 @@ class Publisher:
                  self.address.tls, self.cfg.mqtt.protocol, self.cfg.username or "-")
         self.client.connect_async(self.address.host, self.address.port, keepalive=self.cfg.mqtt.keepalive_s)
         self.client.loop_start()
+        self._network_started = True
         self._pump = threading.Thread(target=self._pump_loop, name="aiot-edge-pump", daemon=True)
         self._pump.start()
 
@@ -229,6 +231,19 @@ class Publisher:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def dead_thread(self) -> str | None:
+        """Which of our threads died while we were not stopping (None when both run): a fatal fault,
+        since nothing would publish any more while the daemon looked healthy."""
+        if self._stopping.is_set():
+            return None
+        # paho keeps its thread in a private attribute and sets it to None when the thread ends
+        # (also when it dies at once, before we could hold a reference of our own).
+        if self._network_started and getattr(self.client, "_thread", True) is None:
+            return "the MQTT network thread"
+        if self._pump is not None and not self._pump.is_alive():
+            return "the publish pump thread"
+        return None
 
     @property
     def connected(self) -> bool:
@@ -272,6 +287,13 @@ class Publisher:
         return ok
 
     def _pump_loop(self) -> None:
+        try:
+            self._pump_forever()
+        except BaseException:
+            log.exception("mqtt publish pump failed")  # the daemon sees the dead thread and stops
+            raise
+
+    def _pump_forever(self) -> None:
         while not self._stopping.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
