@@ -1,0 +1,116 @@
+"""The dashboard against a real mosquitto and a real daemon (`aiot-edge run --once` on a few clips), as processes.
+
+Its API must show the device, its scores and every alert the daemon published (checked against a
+plain MQTT subscriber), keep them across a restart, publish acks retained, and survive garbage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edge_dashboard_fixtures import dashboards_fixture  # noqa: F401 - registers the fixture
+from edge_fixtures import (  # noqa: F401 - the *_fixture names register fixtures
+    brokers_fixture,
+    daemons_fixture,
+    edge_config,
+    pattern_signal,
+    subscribers_fixture,
+    tiny_bundle_fixture,
+    wait_for,
+    write_wav,
+)
+
+
+def _clips(folder: Path) -> list[Path]:
+    """Three clips with 2, 3 and 1 loud windows: 6 alerts with the tests' k=n=1 config."""
+    folder.mkdir()
+    return [write_wav(folder / f"clip{i}.wav", pattern_signal(n)) for i, n in enumerate((2, 3, 1))]
+
+
+def test_dashboard_shows_device_scores_and_every_alert_of_a_real_daemon(tmp_path, brokers, subscribers, daemons,
+                                                                        dashboards, tiny_bundle):
+    broker = brokers().start()
+    dash = dashboards(broker)
+    sub = subscribers(broker, topics="aiot/+/+/alert")
+    clips = _clips(tmp_path / "clips")
+    config = edge_config(tmp_path / "edge.yaml", bundle=str(tiny_bundle), broker=f"mqtt://127.0.0.1:{broker.port}",
+                         spool={"path": str(tmp_path / "spool.db")}, telemetry_every_s=0.01)
+    d = daemons("--config", str(config), "--source", f"file:{tmp_path / 'clips' / '*.wav'}", "--once")
+    assert d.wait(60) == 0, d.log()
+    wait_for(lambda: len(sub.alert_ids()) == 6, what="6 alerts at the plain subscriber")
+    published = sub.alert_ids()
+
+    wait_for(lambda: {a["event_id"] for a in dash.get("/api/alerts")} == published, what="every alert in the API")
+    alerts = dash.get("/api/alerts")
+    assert len(alerts) == 6
+    assert [a["ts"] for a in alerts] == sorted((a["ts"] for a in alerts), reverse=True)  # newest first
+    assert {Path(a["source"]).name for a in alerts} == {p.name for p in clips}
+    for a in alerts:
+        assert (a["site"], a["device"], a["machine"], a["machine_id"], a["scorer"]) == ("lab", "pi1", "fan", "id_00",
+                                                                                       "peak")
+        assert a["score"] > a["threshold"] and a["severity"] in ("warning", "critical") and a["ack_ts"] is None
+        assert a["window_end"] > a["window_start"]
+
+    state = dash.get("/api/state")
+    (device,) = state["devices"]
+    # the daemon stopped cleanly, so its retained status is now offline
+    assert (device["site"], device["device"], device["status"]) == ("lab", "pi1", "offline")
+    assert (device["machine"], device["machine_id"], device["model"], device["threshold"]) == ("fan", "id_00",
+                                                                                               "peak-test", 0.7)
+    assert device["last_score"] is not None
+    points = state["series"]["lab/pi1"]
+    assert points and all(p[1] >= 0 for p in points)
+    health = dash.get("/api/health")
+    assert health["received"]["alert"] == 6 and health["dropped"] == {} and health["alerts_stored"] == 6
+
+
+def test_alerts_and_acks_survive_a_restart_and_acks_are_published_retained(tmp_path, brokers, subscribers, daemons,
+                                                                            dashboards, tiny_bundle):
+    broker = brokers().start()
+    db = tmp_path / "dashboard.db"
+    first = dashboards(broker, db)
+    write_wav(tmp_path / "loud.wav", pattern_signal(2))
+    config = edge_config(tmp_path / "edge.yaml", bundle=str(tiny_bundle), broker=f"mqtt://127.0.0.1:{broker.port}",
+                         spool={"path": str(tmp_path / "spool.db")})
+    assert daemons("--config", str(config), "--source", f"file:{tmp_path / 'loud.wav'}", "--once").wait(60) == 0
+    wait_for(lambda: len(first.get("/api/alerts")) == 2, what="2 alerts")
+    event_id = first.get("/api/alerts")[0]["event_id"]
+    ack = first.post("/api/ack", {"event_id": event_id})
+    assert ack["event_id"] == event_id and ack["by"]
+
+    late = subscribers(broker, topics="aiot/lab/pi1/ack")  # joins after the ack: gets it because it is retained
+    wait_for(lambda: late.on("/ack"), what="the retained ack")
+    (msg,) = late.on("/ack")
+    assert msg.retain and msg.json() == ack
+    assert first.stop() == 0, first.log()
+
+    second = dashboards(broker, db)
+    alerts = second.get("/api/alerts")
+    assert len(alerts) == 2
+    acked = {a["event_id"]: a["ack_by"] for a in alerts if a["ack_ts"] is not None}
+    assert acked == {event_id: ack["by"]}
+    # re-acknowledging returns the stored ack instead of a second one
+    assert second.post("/api/ack", {"event_id": event_id}) == ack
+
+
+def test_garbage_over_mqtt_is_counted_and_the_subscriber_keeps_going(tmp_path, brokers, subscribers, dashboards):
+    broker = brokers().start()
+    dash = dashboards(broker)
+    pub = subscribers(broker, topics="nothing/here")  # a connected client to publish with
+    good = {"event_id": "after-garbage", "device": "pi9", "machine": "fan", "ts": 1.0e9, "score": 2.0,
+            "threshold": 1.0, "scorer": "peak", "model": "m", "severity": "critical", "window_start": 0.0,
+            "window_end": 2.0}
+    garbage = [b"not json", b"\x00" * 100_000, json.dumps({**good, "score": "high"}).encode(),
+               json.dumps({"event_id": "x"}).encode(), b"[1,2,3]", b"\xff\xfe"]
+    for payload in garbage:
+        pub.client.publish("aiot/lab/pi9/alert", payload, qos=1).wait_for_publish(5)
+    pub.client.publish("aiot/lab/pi9/score", b'{"ts": 1, "scores": "x"}', qos=1).wait_for_publish(5)
+    pub.client.publish("aiot/lab/pi9/status", b"sleeping", qos=1).wait_for_publish(5)
+    pub.client.publish("aiot/lab/pi9/alert", json.dumps(good), qos=1).wait_for_publish(5)
+    wait_for(lambda: [a for a in dash.get("/api/alerts") if a["event_id"] == "after-garbage"],
+             what="the good alert after the garbage")
+    health = dash.get("/api/health")
+    assert sum(health["dropped"].values()) == len(garbage) + 2, health
+    assert health["received"] == {"alert": len(garbage) + 1, "score": 1, "status": 1}
+    assert "Traceback" not in dash.log()
