@@ -10,6 +10,7 @@ Every broker and daemon process started here is stopped at teardown, also when a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -442,3 +443,44 @@ def run_daemon_fixture() -> Iterator[Callable[..., DaemonThread]]:
         for d in made:
             if d.thread.is_alive():
                 d.stop()
+
+
+# -- a real full disk ------------------------------------------------------------------------------
+
+
+class SmallDisk:
+    """A 256 KB tmpfs mounted for one test: `fill()` takes every free byte, `free()` gives it back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._filler = path / "filler"
+
+    def fill(self) -> int:
+        """Write a filler file until the disk says ENOSPC; returns the bytes written."""
+        written = 0
+        with open(self._filler, "ab", buffering=0) as f:
+            while True:
+                try:
+                    written += f.write(b"\0" * 512)
+                except OSError as err:
+                    if err.errno == errno.ENOSPC:
+                        return written
+                    raise
+
+    def free(self) -> None:
+        self._filler.unlink(missing_ok=True)
+
+
+@pytest.fixture(name="small_disk")
+def small_disk_fixture(tmp_path: Path) -> Iterator[SmallDisk]:
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                          text=True, timeout=30)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a 256 KB tmpfs to fill a real disk (needs root): {done.stderr.strip()}")
+    try:
+        yield SmallDisk(mount)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
+

@@ -27,6 +27,7 @@ from edge_fixtures import (  # noqa: F401 - the *_fixture names register fixture
     make_certs,
     pattern_signal,
     run_daemon_fixture,
+    small_disk_fixture,
     subscribers_fixture,
     tiny_bundle_fixture,
     wait_for,
@@ -227,3 +228,25 @@ def test_daemon_with_embedded_broker(tmp_path, subscribers, run_daemon, tiny_bun
     source.feed(np.concatenate([pattern_signal(2)]))
     wait_for(lambda: len(sub.alert_ids()) == 2, what="alerts via the embedded broker")
     assert d.stop() == 0
+
+
+def test_full_disk_keeps_scoring_and_delivers_alerts(tmp_path, small_disk, brokers, subscribers, run_daemon,
+                                                     tiny_bundle, caplog) -> None:
+    # A real full disk under the spool: `Spool.put` raised through the daemon (traceback, exit 1).
+    broker = brokers().start()
+    sub = subscribers(broker, topics="aiot/+/+/alert")
+    source = FedSource()
+    d = run_daemon(daemon_config(tmp_path, broker, tiny_bundle, spool__path=str(small_disk.path / "spool.db"),
+                                 status_file=str(tmp_path / "status.json")), source)
+    wait_for(d.daemon.started.is_set, what="daemon start")
+    wait_for(lambda: d.daemon.publisher.connected, what="mqtt connected")
+    small_disk.fill()
+    source.feed(pattern_signal(12))
+    wait_for(lambda: len(sub.alert_ids()) == 12, what="12 alerts raised on a full disk")
+    assert "keeping alerts in memory" in caplog.text
+    small_disk.free()
+    source.feed(pattern_signal(2))
+    wait_for(lambda: len(sub.alert_ids()) == 14, what="2 more alerts once the disk has room")
+    source.finish()
+    assert d.stop() == 0
+    assert d.daemon.spool.depth() == 0 and d.daemon.counters.alerts_raised == 14

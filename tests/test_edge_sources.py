@@ -23,6 +23,7 @@ from aiot_edge.sources import (
     parse_source,
 )
 from aiot_edge.windowing import Windower, frame_windows
+from edge_fixtures import small_disk_fixture  # noqa: F401 - registers the fixture
 
 SR = 16000
 
@@ -246,6 +247,21 @@ def test_folder_source_records_a_file_that_fails_in_an_unexpected_way(tmp_path: 
         chunks = list(src)
     assert {Path(c.source).name for c in chunks} == {"b.wav"}
     assert src.failed == [("a.wav", "MemoryError: simulated: the decoder ran out of memory")]
+
+
+def test_folder_state_on_a_full_disk_is_kept_in_memory_and_retried(tmp_path: Path, small_disk, caplog) -> None:
+    # The state write raised ENOSPC through the source thread, which ended the daemon.
+    state = small_disk.path / "state.json"
+    write_wav(tmp_path / "a.wav", tone(SR, 0.2, 500.0), mtime=1_000)
+    small_disk.fill()
+    with FolderSource(tmp_path, state, SR, settle_s=0.0, stop_when_idle=True) as src:
+        assert {Path(c.source).name for c in src} == {"a.wav"}
+        assert src.done == ["a.wav"] and not state.exists()
+        assert "cannot save the folder state" in caplog.text
+        small_disk.free()
+        write_wav(tmp_path / "b.wav", tone(SR, 0.2, 500.0), mtime=2_000)
+        assert {Path(c.source).name for c in src} == {"b.wav"}
+    assert set(json.loads(state.read_text())["files"]) == {"a.wav", "b.wav"}
 
 
 @pytest.mark.parametrize("rate", [1, 999, 384_001])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiot_edge.spool import Spool, SpoolError
+from edge_fixtures import small_disk_fixture  # noqa: F401 - registers the fixture
 
 
 def test_order_preserved_and_pending_skips_inflight(tmp_path: Path) -> None:
@@ -108,3 +109,26 @@ def test_unusable_file_is_a_clear_error(tmp_path: Path) -> None:
         Spool(bad)
     with pytest.raises(ValueError, match="positive"):
         Spool(tmp_path / "x.db", max_rows=0)
+
+
+def test_full_disk_keeps_alerts_in_memory_and_retries(small_disk, caplog: pytest.LogCaptureFixture) -> None:
+    # On a real full disk `put` raised through the daemon (traceback, exit 1). Now: keep, warn, retry.
+    path = small_disk.path / "spool.db"
+    with Spool(path) as spool:
+        first = spool.put("t", "before")
+        assert small_disk.fill() > 0
+        with caplog.at_level(logging.WARNING, logger="aiot_edge.spool"):
+            ids = [spool.put("t", f"full{i}") for i in range(20)]  # 20 rows of WAL frames: more than is free
+        assert all(i is not None for i in ids)
+        assert "disk" in caplog.text and "in memory" in caplog.text
+        assert spool.depth() == 21 and spool.memory_rows > 0
+        pending = spool.pending(100)
+        assert [i.payload for i in pending] == [b"before"] + [f"full{i}".encode() for i in range(20)]
+        assert spool.delete(pending[-1].row_id) is True  # acknowledged straight from memory
+        small_disk.free()
+        spool.put("t", "after")  # the disk has room again: memory rows go to disk first, in order
+        assert spool.memory_rows == 0
+        assert first is not None
+    with Spool(path) as spool:
+        assert [i.payload for i in spool.pending(100)] == (
+            [b"before"] + [f"full{i}".encode() for i in range(19)] + [b"after"])

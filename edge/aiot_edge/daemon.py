@@ -392,6 +392,7 @@ class Daemon:
         self._count_failed_files()
         if self.spool is not None:
             c.spool_overflow = self.spool.overflow
+            c.spool_in_memory = self.spool.memory_rows
             c.spool_depth = self.spool.depth()  # an in-memory count: fine after close
         if self.publisher is not None:
             c.alerts_delivered = self.publisher.delivered

@@ -30,6 +30,7 @@ class Counters:
     alerts_delivered: int = 0
     spool_depth: int = 0
     spool_overflow: int = 0  # alerts refused because the spool was full
+    spool_in_memory: int = 0  # alerts waiting in memory because the disk refused them (disk full)
     files_failed: int = 0
     telemetry_sent: int = 0
     mqtt_connected: bool = False

@@ -261,7 +261,13 @@ class FolderSource(Source):
         self._settling.pop(name, None)
         # forget files that have left the folder, so the state stays as small as the folder
         self._files = {k: v for k, v in self._files.items() if k in self._listed or k == name}
-        self._save_state()
+        try:
+            self._save_state()
+        except OSError as err:
+            # A full disk must not stop scoring: the state stays in memory and the next file's
+            # record retries the write. Until then a restart would redo these files (at-least-once).
+            log.error("cannot save the folder state %s: %s; keeping it in memory and retrying after the next "
+                      "file (a restart now would score the files since the last save again)", self.state_file, err)
 
     def _load_state(self) -> dict[str, dict[str, Any]]:
         if not self.state_file.exists():

@@ -22,6 +22,13 @@ alert is refused (not stored) and the oldest unsent ones are kept:
 - a disk that fills with alerts is a sign the link has been down for a long time, and the
   operator should find out from the log and counters, not from missing history.
 
+A full disk (or any other write error) does not stop the daemon: a message that cannot be written
+is kept in memory (at most `max_memory_rows`, counted in the same bounds), with a loud warning,
+and handed out by `pending` after the rows on disk, so a connected publisher still delivers it.
+Every later `put`, `pending` and `delete` first retries moving memory rows to disk, oldest first,
+so the order on disk stays the order of raising. An acknowledgement whose DELETE cannot be written
+is remembered and retried the same way. Memory rows die with the process: `close` logs how many.
+
 It knows nothing about MQTT, the network or the payload format: rows are (topic, payload, qos).
 """
 
@@ -72,14 +79,22 @@ class Spool:
     broker acknowledged it; `pending` lists rows in insertion order.
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_rows: int = 10_000, max_bytes: int = 64 << 20) -> None:
-        if max_rows < 1 or max_bytes < 1:
-            raise ValueError(f"spool bounds must be positive, got max_rows={max_rows} max_bytes={max_bytes}")
+    def __init__(self, path: str | os.PathLike[str], max_rows: int = 10_000, max_bytes: int = 64 << 20,
+                 max_memory_rows: int = 1_000) -> None:
+        if max_rows < 1 or max_bytes < 1 or max_memory_rows < 0:
+            raise ValueError(f"spool bounds must be positive, got max_rows={max_rows} max_bytes={max_bytes} "
+                             f"max_memory_rows={max_memory_rows}")
         self.path = Path(path)
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        self.max_memory_rows = max_memory_rows
         self.overflow = 0  # messages refused because the spool was full (since this process started)
+        self.write_errors = 0  # writes the disk refused (each message then waited in memory)
         self._lock = threading.Lock()
+        self._memory: list[SpoolItem] = []  # written nowhere yet (disk full): oldest first, negative ids
+        self._next_memory_id = -1
+        self._undeleted: set[int] = set()  # acknowledged rows whose DELETE the disk refused
+        self._moved: dict[int, int] = {}  # memory id -> disk id, for rows that moved while in flight
         try:
             if self.path.parent != Path(""):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +123,10 @@ class Spool:
         """Close the database; unsent rows stay on disk for the next run."""
         with self._lock:
             if self._db is not None:
+                self._retry_disk()
+                if self._memory:
+                    log.error("spool %s: %d unsent message(s) could not be written to disk (disk full?) and are "
+                              "lost with this process", self.path, len(self._memory))
                 self._db.close()
                 self._db = None  # type: ignore[assignment]
 
@@ -123,42 +142,115 @@ class Spool:
                             "%d refused so far. The oldest unsent alerts are kept; check the broker link.",
                             self._rows, self.max_rows, self._bytes, self.max_bytes, topic, self.overflow)
                 return None
-            try:
-                cur = self._db.execute("INSERT INTO outbox (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
-                                       (topic, data, qos, time.time()))
-            except sqlite3.Error as err:
-                raise SpoolError(f"cannot write to spool {self.path}: {err}") from err
+            item = SpoolItem(0, topic, data, qos, time.time())
+            row_id = self._insert(item) if self._retry_disk() else None
+            if row_id is None:
+                if len(self._memory) >= self.max_memory_rows:
+                    self.overflow += 1
+                    log.error("spool %s cannot be written and %d message(s) already wait in memory: refusing a "
+                              "new message on %s; %d refused so far. Free disk space.", self.path,
+                              len(self._memory), topic, self.overflow)
+                    return None
+                row_id = self._next_memory_id
+                self._next_memory_id -= 1
+                self._memory.append(SpoolItem(row_id, topic, data, qos, item.created))
             self._rows += 1
             self._bytes += len(data)
-            return int(cur.lastrowid)
+            return row_id
+
+    def _insert(self, item: SpoolItem) -> int | None:
+        """INSERT one row; None (logged, counted) when the disk refuses it. Call with the lock held."""
+        try:
+            cur = self._db.execute("INSERT INTO outbox (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
+                                   (item.topic, item.payload, item.qos, item.created))
+        except (sqlite3.Error, OSError) as err:
+            self.write_errors += 1
+            if self.write_errors & (self.write_errors - 1) == 0:  # at 1, 2, 4, 8, ...: loud but bounded
+                log.error("cannot write to spool %s: %s; keeping alerts in memory (%d there now, at most %d) and "
+                          "retrying on every alert. Free disk space: alerts in memory are lost if the daemon stops.",
+                          self.path, err, len(self._memory) + 1, self.max_memory_rows)
+            return None
+        return int(cur.lastrowid)
+
+    def _retry_disk(self) -> bool:
+        """Retry refused DELETEs and move memory rows to disk, oldest first; True when nothing is left over.
+
+        Call with the lock held. A memory row that moves may be in flight under its old (negative)
+        id: `_moved` maps it, so its acknowledgement deletes the disk row and `pending` skips it.
+        """
+        if not self._memory and not self._undeleted:
+            return True
+        for row_id in sorted(self._undeleted):
+            try:
+                self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            except (sqlite3.Error, OSError):
+                return False
+            self._undeleted.discard(row_id)
+        while self._memory:
+            new_id = self._insert(self._memory[0])
+            if new_id is None:
+                return False
+            self._moved[self._memory.pop(0).row_id] = new_id
+        log.warning("spool %s can be written again: every message kept in memory is on disk now", self.path)
+        return True
 
     def pending(self, limit: int = 100, exclude: set[int] | frozenset[int] = frozenset()) -> list[SpoolItem]:
-        """Up to `limit` unsent rows in insertion order, skipping the row ids in `exclude` (in flight)."""
+        """Up to `limit` unsent rows in insertion order, skipping the row ids in `exclude` (in flight).
+
+        Rows on disk come first, then the ones kept in memory (they are always the newer ones).
+        """
         with self._lock:
-            # Fetch enough to cover the excluded ids; the in-flight set is small (bounded by the publisher).
+            self._retry_disk()
+            skip = set(exclude) | {self._moved[i] for i in exclude if i in self._moved} | self._undeleted
+            # Fetch enough to cover the skipped ids; the in-flight set is small (bounded by the publisher).
             rows = self._db.execute("SELECT id, topic, payload, qos, created FROM outbox ORDER BY id LIMIT ?",
-                                    (limit + len(exclude),)).fetchall()
-        items = [SpoolItem(int(r[0]), r[1], bytes(r[2]), int(r[3]), float(r[4])) for r in rows if r[0] not in exclude]
-        return items[:limit]
+                                    (limit + len(skip),)).fetchall()
+            memory = [item for item in self._memory if item.row_id not in skip]
+        items = [SpoolItem(int(r[0]), r[1], bytes(r[2]), int(r[3]), float(r[4])) for r in rows if r[0] not in skip]
+        return (items + memory)[:limit]
 
     def delete(self, row_id: int) -> bool:
         """Remove an acknowledged row; returns False if it was not there (already deleted)."""
         with self._lock:
+            row_id = self._moved.pop(row_id, row_id)
+            if row_id < 0:  # still in memory
+                for i, item in enumerate(self._memory):
+                    if item.row_id == row_id:
+                        del self._memory[i]
+                        self._rows -= 1
+                        self._bytes -= len(item.payload)
+                        return True
+                return False
+            if row_id in self._undeleted:
+                return False
             try:
                 row = self._db.execute("SELECT LENGTH(payload) FROM outbox WHERE id = ?", (row_id,)).fetchone()
                 if row is None:
                     return False
+            except (sqlite3.Error, OSError) as err:
+                raise SpoolError(f"cannot read spool {self.path}: {err}") from err
+            try:
                 self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-            except sqlite3.Error as err:
-                raise SpoolError(f"cannot delete from spool {self.path}: {err}") from err
+            except (sqlite3.Error, OSError) as err:
+                # A full disk can refuse even a DELETE (WAL frames): the row counts as gone and
+                # the DELETE is retried, so it is not sent again by this process.
+                log.warning("cannot delete acknowledged row %d from spool %s: %s; retrying later", row_id,
+                            self.path, err)
+                self._undeleted.add(row_id)
             self._rows -= 1
             self._bytes -= int(row[0])
             return True
 
     def depth(self) -> int:
-        """Number of unsent rows."""
+        """Number of unsent rows (on disk and in memory)."""
         with self._lock:
             return self._rows
+
+    @property
+    def memory_rows(self) -> int:
+        """Unsent rows that wait in memory because the disk refused them."""
+        with self._lock:
+            return len(self._memory)
 
     def size_bytes(self) -> int:
         """Total payload bytes of unsent rows."""
