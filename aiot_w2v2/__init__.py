@@ -18,21 +18,15 @@ __version__ = "0.1.0"
 def load_model(path: str | Path, map_location: str = "cpu"):
     """Load our checkpoint folder, a Hugging Face `save_pretrained` folder, or a fairseq `.pt` file.
 
-    CTC models (our fine-tuned checkpoints; HF `Wav2Vec2ForCTC` folders with vocab.json; fairseq
-    fine-tuned `.pt` files with dict.ltr.txt beside them) come back as `asr.Wav2Vec2ForCTC`.
+    CTC models (our fine-tuned checkpoints; HF `Wav2Vec2ForCTC` folders; fairseq fine-tuned `.pt`
+    files) come back as `asr.Wav2Vec2ForCTC`, never as their bare encoder. `aiot_w2v2.loading` does
+    the dispatch (imported here on first use: `import aiot_w2v2` stays light).
 
     fairseq files are read with `torch.load(weights_only=True)`; nothing is unpickled.
     """
-    from . import checkpoint
+    from .loading import load_model as load
 
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no model at {p}")
-    if checkpoint.is_checkpoint(p):
-        return checkpoint.load_pretrained(p, map_location)
-    from . import convert
-
-    return convert.load_foreign(p, map_location)
+    return load(path, map_location)
 
 
 __all__ = ["load_model", "__version__"]

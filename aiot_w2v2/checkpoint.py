@@ -4,6 +4,9 @@
 with the full `PretrainConfig`, so a checkpoint describes itself. Training state (optimizer,
 scheduler, RNG, step) lives in `train_state.safetensors` + `train_state.json` beside it and is only read
 by `--resume`. Writes are atomic (temp folder, then rename). Nothing here is ever unpickled.
+
+This module knows the format, not the CTC model: `loading.load_model` dispatches CTC checkpoints
+(`is_ctc`) to `asr.ctc_model` and the others to `load_pretrained`.
 """
 
 from __future__ import annotations
@@ -98,21 +101,25 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], PretrainConfig]:
     return meta, from_dict(PretrainConfig, meta["config"]).validate()
 
 
+def is_ctc(meta: dict[str, Any]) -> bool:
+    """A CTC model: kind "ctc" (fine-tuned), or a converted encoder with a CTC head beside it."""
+    kind = meta.get("kind", "pretraining")
+    return kind == "ctc" or (kind == "encoder" and bool(meta.get("ctc_head")))
+
+
 def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (strict).
+    """Rebuild the model a pretraining or encoder checkpoint describes and load its weights (strict).
 
     kind "pretraining" -> `Wav2Vec2ForPreTraining`; kind "encoder" (converted encoder-only sources)
-    -> `Wav2Vec2Model`; kind "ctc" (fine-tuned), or "encoder" with a CTC head and vocab.json beside it
-    (converted CTC sources) -> `asr.Wav2Vec2ForCTC`.
+    -> `Wav2Vec2Model`. CTC checkpoints are refused (`aiot_w2v2.load_model` reads them): their
+    encoder alone is not what they are.
     """
     from .model import Wav2Vec2ForPreTraining, Wav2Vec2Model
 
     meta, cfg = read_config(path)
     kind = meta.get("kind", "pretraining")
-    if kind == "ctc" or (kind == "encoder" and meta.get("ctc_head") and (Path(path) / "vocab.json").exists()):
-        from .asr.ctc_model import ctc_from_checkpoint
-
-        return ctc_from_checkpoint(Path(path), meta, cfg, map_location)
+    if is_ctc(meta):
+        raise CheckpointError(f"{path}: a CTC model; load it with aiot_w2v2.load_model (or asr.load_ctc_model)")
     if kind == "pretraining":
         model: torch.nn.Module = Wav2Vec2ForPreTraining(cfg.model, cfg.masking, cfg.loss)
     elif kind == "encoder":

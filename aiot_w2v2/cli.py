@@ -100,10 +100,10 @@ def _cmd_asr_finetune(args: argparse.Namespace) -> int:
 def _cmd_asr_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from .asr.ctc_model import load_ctc_model
     from .asr.decode import DecoderUnavailableError, make_decoder
     from .asr.evaluate import METRICS_JSON, evaluate
     from .asr.librispeech import librispeech_manifest
+    from .loading import load_ctc_model
 
     model = load_ctc_model(args.model)
     try:
@@ -136,7 +136,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from .anomaly.fit import fit_scoring
     from .anomaly.scoring_model import load_scoring_config
 
-    fit_scoring(args.run, args.data, args.out, load_scoring_config(args.config, args.set), progress=not args.quiet)
+    fit_scoring(args.run, args.data, args.out, load_scoring_config(args.config, args.set), progress=not args.quiet,
+                resume=args.resume)
     return 0
 
 
@@ -260,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="model folder: scoring.safetensors + scoring.json")
     s.add_argument("--config", default=None, help="YAML with scoring settings (see docs/anomaly.md)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override, e.g. embedding_layer=transformer2 or window_seconds=1")
+                   help="override, e.g. finetune.steps=0 (no fine-tuning) or window_seconds=1")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning in OUT/finetune")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_fit)
 

@@ -30,13 +30,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from aiot_w2v2.asr import BeamSearchDecoder, GreedyDecoder, letter_vocabulary, load_ctc_model, write_lexicon
+from aiot_w2v2.asr import BeamSearchDecoder, GreedyDecoder, letter_vocabulary, write_lexicon
 from aiot_w2v2.asr.config import load_finetune_config
 from aiot_w2v2.asr.evaluate import evaluate
 from aiot_w2v2.asr.finetune import finetune
 from aiot_w2v2.asr.librispeech import librispeech_manifest
 from aiot_w2v2.asr.lm import write_bigram_arpa
 from aiot_w2v2.config import load_pretrain_config, to_dict
+from aiot_w2v2.loading import load_ctc_model
 from aiot_w2v2.train.pretrain import pretrain
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "speech_corpus"

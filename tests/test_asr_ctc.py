@@ -13,12 +13,12 @@ from test_convert import ATOL, fairseq_arch, fairseq_state, make_hf, maxdiff, wa
 
 import aiot_w2v2
 from aiot_w2v2 import checkpoint
-from aiot_w2v2.asr import GreedyDecoder, VocabularyError, Wav2Vec2ForCTC, letter_vocabulary, load_ctc_model
+from aiot_w2v2.asr import GreedyDecoder, Wav2Vec2ForCTC, letter_vocabulary
 from aiot_w2v2.asr.ctc_model import ctc_meta, ctc_pretrain_config
 from aiot_w2v2.asr.vocab import LIBRISPEECH_LETTERS
 from aiot_w2v2.config import MaskingConfig
 from aiot_w2v2.convert import convert
-from aiot_w2v2.model import Wav2Vec2Model
+from aiot_w2v2.loading import load_ctc_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -68,10 +68,11 @@ def test_fairseq_finetuned_ctc_parity_with_its_dictionary(tmp_path):
                      "w2v_args": {"model": fairseq_arch(True), "task": {"normalize": True}}},
            "task": {"_name": "audio_finetuning", "normalize": True}}
     torch.save({"cfg": cfg, "model": state}, tmp_path / "ctc.pt")
-    # without its dictionary the .pt is an encoder only, and asking for a CTC model says what is missing
-    assert isinstance(aiot_w2v2.load_model(tmp_path / "ctc.pt"), Wav2Vec2Model)
-    with pytest.raises(VocabularyError, match="dict.ltr.txt"):
-        load_ctc_model(tmp_path / "ctc.pt")
+    # without its dictionary, a head of 32 outputs is taken to be the published dict.ltr.txt's, and a
+    # warning says so (never the bare encoder: issue 15)
+    with pytest.warns(UserWarning, match="no dict.ltr.txt beside it; its 32 outputs match the published"):
+        guessed = aiot_w2v2.load_model(tmp_path / "ctc.pt")
+    assert isinstance(guessed, Wav2Vec2ForCTC) and guessed.vocabulary == letter_vocabulary()
     (tmp_path / "dict.ltr.txt").write_text("".join(f"{c} {1000 - i}\n" for i, c in enumerate(LIBRISPEECH_LETTERS)))
     ours = load_ctc_model(tmp_path / "ctc.pt")
     assert ours.vocabulary == letter_vocabulary() and ours.normalize_input is True

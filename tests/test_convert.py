@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from safetensors.torch import load_file
 
 import aiot_w2v2
 from aiot_w2v2 import checkpoint
-from aiot_w2v2.asr import Wav2Vec2ForCTC
+from aiot_w2v2.asr import VocabularyError, Wav2Vec2ForCTC
+from aiot_w2v2.asr.vocab import LIBRISPEECH_LETTERS
 from aiot_w2v2.config import LossConfig, MaskingConfig, PretrainConfig
 from aiot_w2v2.convert import (
     ConversionError,
@@ -26,12 +28,12 @@ from aiot_w2v2.convert import (
     export_hf,
     from_hf,
     from_torchaudio,
-    load_foreign,
     load_foreign_ctc,
     to_hf,
 )
 from aiot_w2v2.convert.fairseq import parse_conv_layers
 from aiot_w2v2.convert.torchaudio import builder_args
+from aiot_w2v2.loading import load_foreign
 from aiot_w2v2.model import Wav2Vec2ForPreTraining, Wav2Vec2Model
 
 transformers = pytest.importorskip("transformers")
@@ -154,6 +156,40 @@ def test_hf_ctc_folder_gives_encoder_head_and_vocab(tmp_path):
         assert maxdiff(logits, hf(x).logits) <= ATOL
 
 
+HF_LETTERS = ["<pad>", "<s>", "</s>", "<unk>", *LIBRISPEECH_LETTERS]  # wav2vec2-base-960h's vocab.json
+
+
+def test_hf_ctc_folder_without_vocab_json_uses_the_published_letters_or_refuses(tmp_path):
+    """Issue 15: a Wav2Vec2ForCTC folder without vocab.json was converted to an encoder + head, and
+    load_model then returned the bare encoder without a word."""
+    hf = make_hf("Wav2Vec2ForCTC", stable=True, vocab_size=32, pad_token_id=0)
+    hf.save_pretrained(tmp_path / "letters")  # 32 outputs: the published letter vocabulary's size
+    with pytest.warns(UserWarning, match="no vocab.json beside it; its 32 outputs match the published"):
+        out = convert(tmp_path / "letters", "hf", tmp_path / "ours")
+    assert json.loads((out / "vocab.json").read_text()) == HF_LETTERS
+    x = wave()
+    for source in (out, tmp_path / "letters"):  # the converted checkpoint, and the HF folder itself
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = aiot_w2v2.load_model(source)
+        assert isinstance(model, Wav2Vec2ForCTC) and model.vocab == HF_LETTERS and model.vocabulary.blank == 0
+        with torch.no_grad():
+            assert maxdiff(model(x).logits, hf(x).logits) <= ATOL
+    # a head of another size: refused at convert time, naming the missing file; load_model refuses too
+    make_hf("Wav2Vec2ForCTC", stable=True, vocab_size=10).save_pretrained(tmp_path / "ten")
+    with pytest.raises(ConversionError, match="10 outputs but no usable vocab.json.*put the vocab.json"):
+        convert(tmp_path / "ten", "hf", tmp_path / "ten_ours")
+    assert not (tmp_path / "ten_ours").exists()
+    with pytest.raises(VocabularyError, match="no usable vocab.json"):
+        aiot_w2v2.load_model(tmp_path / "ten")
+    # a folder an older convert wrote (ctc_head.safetensors, no vocab.json): an error, not the encoder
+    (out / "vocab.json").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="no vocab.json beside it"):
+        aiot_w2v2.load_model(out)
+    with pytest.raises(checkpoint.CheckpointError, match="a CTC model; load it with aiot_w2v2.load_model"):
+        checkpoint.load_pretrained(out)
+
+
 def test_hf_model_bin_with_old_weight_norm_names_and_no_mask_embedding(tmp_path):
     hf = make_hf("Wav2Vec2Model", stable=False, mask_time_prob=0.0)  # no masked_spec_embed
     folder = tmp_path / "bin"
@@ -233,7 +269,10 @@ def test_torchaudio_parity(tmp_path, layer_norm_first):
     conv = from_torchaudio(ta)
     assert conv.kind == "encoder" and conv.ctc_head["weight"].shape == (6, HIDDEN)
     torch.save({"config": builder_args(ta), "state_dict": ta.state_dict()}, tmp_path / "ta.pt")
-    from_file = aiot_w2v2.load_model(tmp_path / "ta.pt")
+    # aux of 6 outputs and no labels (torchaudio files carry none): not a model load_model can return
+    with pytest.raises(VocabularyError, match="torchaudio files carry no labels"):
+        aiot_w2v2.load_model(tmp_path / "ta.pt")
+    from_file, _, _ = load_foreign_ctc(tmp_path / "ta.pt")
     x = wave()
     with torch.no_grad():
         layers, _ = ta.extract_features(x)  # per-layer outputs, no final layer norm

@@ -14,7 +14,9 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from .. import checkpoint
-from ..config import ModelConfig, load_pretrain_config, to_dict
+from ..config import ConfigError, ModelConfig, load_pretrain_config, to_dict
+from ..convert import read_foreign
+from ..loading import load_model
 from ..model import Wav2Vec2ForPreTraining, Wav2Vec2Model
 from .config import FinetuneConfig
 from .ctc_model import Wav2Vec2ForCTC
@@ -49,8 +51,7 @@ def build_model(cfg: FinetuneConfig, init: str | Path) -> tuple[Wav2Vec2ForCTC, 
                 raise VocabularyError(f"--init {init}: {exc}; set ctc.reuse_head=false to train a new head") from None
     if cfg.data.normalize is not None:
         if cfg.data.normalize != normalize and str(init) != "scratch":
-            warnings.warn(f"--init {init} was trained with normalize={normalize}; fine-tuning with "
-                          f"data.normalize={cfg.data.normalize}", stacklevel=2)
+            raise ConfigError(normalization_mismatch(str(init), normalize, cfg.data.normalize))
         normalize = cfg.data.normalize
     model_cfg = _with_overrides(encoder.config, cfg)
     model = Wav2Vec2ForCTC.from_encoder(encoder, vocabulary, head, cfg=model_cfg, masking=cfg.masking,
@@ -58,10 +59,26 @@ def build_model(cfg: FinetuneConfig, init: str | Path) -> tuple[Wav2Vec2ForCTC, 
     return model, what
 
 
+def normalization_mismatch(init: str, trained: bool, asked: bool) -> str:
+    """Why fine-tuning refuses an input normalisation other than the init's, and the two ways out.
+
+    One rule from pretraining through fine-tuning to evaluation: the encoder sees the input
+    statistics it learned on. Per-utterance normalisation changes the scale by orders of magnitude
+    (the espeak-ng corpora have an RMS near 0.007), and the `tiny` feature extractor (layer norm with
+    conv bias) is not scale-invariant: a pretrained encoder fed the other statistics fine-tuned to an
+    all-blank CTC output for 1500 updates (issue 15).
+    """
+    how = "normalised per utterance (zero mean, unit variance)" if trained else "as recorded (not normalised)"
+    fix = ("pretrain with `--set data.normalize=true`, as the asr_tiny preset expects" if asked
+           else "fine-tune without `data.normalize=false`")
+    return (f"--init {init} was trained on waveforms {how} (data.normalize={str(trained).lower()}), but the "
+            f"fine-tuning config sets data.normalize={str(asked).lower()}: the encoder would see input statistics "
+            f"it never learned on. Either {fix}, or fine-tune with `--set data.normalize=null` to keep the init's "
+            "setting (fine-tuning and evaluation then use it).")
+
+
 def _load_init(path: Path) -> tuple[Wav2Vec2Model, dict | None, Vocabulary | None, bool]:
     """(encoder, CTC head or None, its vocabulary, whether inputs are normalised) of a checkpoint."""
-    from .. import load_model
-
     path = checkpoint.resolve_run(path, RUN_CHECKPOINTS)  # a run folder (pretraining or fine-tuning)
     if not path.exists():
         raise FileNotFoundError(f"--init {path}: no such checkpoint (or use --init scratch)")
@@ -71,8 +88,6 @@ def _load_init(path: Path) -> tuple[Wav2Vec2Model, dict | None, Vocabulary | Non
     elif isinstance(model, Wav2Vec2ForCTC):
         normalize = model.normalize_input
     else:
-        from ..convert import read_foreign
-
         normalize = read_foreign(path).config.data.normalize
     if isinstance(model, Wav2Vec2ForCTC):
         head = {"weight": model.lm_head.weight.detach(), "bias": model.lm_head.bias.detach()}

@@ -6,8 +6,9 @@ config apply, and `freeze_encoder(True)` runs the whole encoder without gradient
 head trains (fairseq's freeze_finetune_updates). In eval mode nothing is masked or dropped.
 
 Also here: building the model from our checkpoints (kind "ctc", or a converted "encoder" with a CTC
-head beside it) and from foreign CTC sources (HF `Wav2Vec2ForCTC` folders, fairseq fine-tuned `.pt`).
-The module knows nothing about data, decoding or training loops.
+head beside it) and from converted foreign CTC sources (HF `Wav2Vec2ForCTC` folders, fairseq
+fine-tuned `.pt`); `aiot_w2v2.loading` decides which applies (this module imports neither `loading`
+nor `convert`). The module knows nothing about data, decoding or training loops.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from ..checkpoint import WEIGHTS, CheckpointError
 from ..config import MaskingConfig, ModelConfig, PretrainConfig
 from ..model import Wav2Vec2Model, compute_span_mask
 from .vocab import Vocabulary, VocabularyError, from_hf_vocab, infer_vocabulary
@@ -162,8 +164,6 @@ def ctc_from_checkpoint(path: Path, meta: dict[str, Any], cfg: PretrainConfig,
     kind "ctc": weights of the whole model, vocabulary in config.json; kind "encoder" with
     `ctc_head.safetensors` + `vocab.json` (a converted HF/fairseq CTC model).
     """
-    from ..checkpoint import WEIGHTS, CheckpointError
-
     state = load_file(str(path / WEIGHTS), device=str(map_location))
     if meta.get("kind") == "ctc":
         try:
@@ -174,7 +174,8 @@ def ctc_from_checkpoint(path: Path, meta: dict[str, Any], cfg: PretrainConfig,
     else:
         vocab_path = path / "vocab.json"
         if not vocab_path.exists():
-            raise CheckpointError(f"{path}: a CTC head ({meta['ctc_head']}) but no vocab.json beside it")
+            raise CheckpointError(f"{path}: a CTC head ({meta['ctc_head']}) but no vocab.json beside it; "
+                                  "convert the source again (convert now refuses a CTC model without its vocabulary)")
         head = load_file(str(path / meta["ctc_head"]), device=str(map_location))
         vocabulary = infer_vocabulary(json.loads(vocab_path.read_text()))
         state = {"wav2vec2." + k: v for k, v in state.items()} | {"lm_head." + k: v for k, v in head.items()}
@@ -215,19 +216,3 @@ def _foreign_vocabulary(tokens: list[str], source: Path) -> Vocabulary:
         return from_hf_vocab(json.loads((source / "vocab.json").read_text()), hf_cfg.get("pad_token_id"))
     return infer_vocabulary(tokens)
 
-
-def load_ctc_model(path: str | Path, map_location: str = "cpu") -> Wav2Vec2ForCTC:
-    """A CTC model from our checkpoint (a fine-tuning run folder, its checkpoint, or a converted CTC
-    model), an HF `Wav2Vec2ForCTC` folder or a fairseq fine-tuned `.pt` (+ dict.ltr.txt)."""
-    from .. import load_model
-    from ..checkpoint import is_checkpoint, resolve_run
-
-    p = resolve_run(path, ("checkpoint_best", "checkpoint_last"))  # a run folder
-    model = load_model(p, map_location)
-    if isinstance(model, Wav2Vec2ForCTC):
-        return model
-    if not is_checkpoint(p):  # foreign, loaded as an encoder: say why
-        from ..convert import read_foreign
-
-        return ctc_from_converted(read_foreign(p), p).to(map_location)
-    raise VocabularyError(f"{path}: a {type(model).__name__}, not a CTC model (fine-tune it: aiot-w2v2 asr finetune)")

@@ -1,35 +1,33 @@
 """Conversions between our wav2vec 2.0 and the reference implementations.
 
     read_foreign(path)            -> Converted   HF folder | fairseq .pt | torchaudio {"config","state_dict"} .pt
-    load_foreign(path)            -> nn.Module   what `aiot_w2v2.load_model` returns for a foreign path
     load_foreign_ctc(path)        -> (Wav2Vec2Model, ctc_head, vocab)   HF Wav2Vec2ForCTC / fairseq Wav2VecCtc
     convert(src, fmt, out)        -> our checkpoint folder (kind "pretraining" or "encoder")
     export_hf(ckpt_dir, out_dir)  -> HF save_pretrained folder
     from_hf / to_hf / from_fairseq / from_torchaudio: the per-source mappings (hf.py, fairseq.py, torchaudio.py)
 
 A source with a quantizer head (HF `Wav2Vec2ForPreTraining`, fairseq pretrained) becomes our
-`Wav2Vec2ForPreTraining`; an encoder-only source our `Wav2Vec2Model`; a CTC source with its
-vocabulary our `asr.Wav2Vec2ForCTC` (`load_foreign`), or encoder + head + vocab separately
-(`load_foreign_ctc`; `convert` writes `ctc_head.safetensors` + `vocab.json` beside the encoder, and
-`load_model` reads that back as a CTC model). Nothing is ever unpickled.
+`Wav2Vec2ForPreTraining`; an encoder-only source our `Wav2Vec2Model`; a CTC source encoder + head +
+vocab (`load_foreign_ctc`; `convert` writes `ctc_head.safetensors` + `vocab.json` beside the encoder).
+`aiot_w2v2.loading` (above this package) turns them into models, a CTC source into
+`asr.Wav2Vec2ForCTC`. A CTC head without its vocabulary file gets the published letter vocabulary
+when its size is that vocabulary's (with a warning; `common.published_vocab`), else `convert` refuses
+it, naming the missing file. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import checkpoint
-from ..model import Wav2Vec2ForPreTraining, Wav2Vec2Model
-from .common import ConversionError, Converted, load_pt
+from ..model import Wav2Vec2Model
+from .common import ConversionError, Converted, load_pt, missing_vocab_message
 from .fairseq import from_fairseq, is_fairseq_checkpoint
 from .hf import from_hf, to_hf
 from .torchaudio import from_torchaudio, is_torchaudio_checkpoint
-
-log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "fairseq", "torchaudio")
 EXPECTED = ("our checkpoint folder (config.json with format 'aiot-w2v2'), a Hugging Face save_pretrained folder "
@@ -58,23 +56,6 @@ def read_foreign(path: str | Path) -> Converted:
     raise ValueError(f"{p}: not a model we recognise; expected {EXPECTED}")
 
 
-def load_foreign(path: str | Path, map_location: str = "cpu") -> nn.Module:
-    """Our model for a foreign checkpoint, in eval mode: `Wav2Vec2ForPreTraining` for pretraining
-    checkpoints, `asr.Wav2Vec2ForCTC` for CTC ones with a vocabulary (HF vocab.json, fairseq
-    dict.ltr.txt beside the .pt), `Wav2Vec2Model` for the others (a CTC head without vocabulary is
-    left out with a warning; `load_foreign_ctc` still returns it)."""
-    conv = read_foreign(path)
-    if conv.ctc_head is not None:
-        if conv.vocab is not None:
-            from ..asr.ctc_model import ctc_from_converted
-
-            return ctc_from_converted(conv, path).to(map_location)
-        log.warning("%s: a CTC head but no vocabulary (vocab.json / dict.ltr.txt); loading the encoder only", path)
-    if isinstance(conv.model, Wav2Vec2ForPreTraining):
-        conv.model.set_num_updates(conv.step)
-    return conv.model.to(map_location)
-
-
 def load_foreign_ctc(path: str | Path, map_location: str = "cpu") -> tuple[Wav2Vec2Model, dict[str, Tensor],
                                                                            list[str] | None]:
     """(encoder, CTC head {"weight": (V, D), "bias": (V,)}, vocab or None) of a CTC checkpoint.
@@ -93,19 +74,21 @@ def convert(src: str | Path, src_format: str, out: str | Path) -> Path:
     """Convert `src` (format "hf" | "fairseq" | "torchaudio") into our checkpoint folder `out`.
 
     Pretraining sources are saved with kind "pretraining", the others with kind "encoder";
-    a CTC head goes to `ctc_head.safetensors` (+ `vocab.json`) beside the weights.
+    a CTC head goes to `ctc_head.safetensors` + `vocab.json` beside the weights. A CTC head whose
+    vocabulary is unknown is refused (`ConversionError` naming the missing file).
     """
     readers = {"hf": from_hf, "fairseq": from_fairseq, "torchaudio": from_torchaudio}
     if src_format not in readers:
         raise ValueError(f"unknown source format '{src_format}' (expected one of {', '.join(FORMATS)})")
     conv = readers[src_format](Path(src))
+    if conv.ctc_head is not None and conv.vocab is None:
+        raise ConversionError(missing_vocab_message(src_format, Path(src), conv.ctc_head))
     meta = {"converted_from": {"format": src_format, "path": str(src)}, "step": conv.step, "notes": conv.notes}
     extra: dict[str, object] = {}
     if conv.ctc_head is not None:
         extra["ctc_head.safetensors"] = conv.ctc_head
         meta["ctc_head"] = "ctc_head.safetensors"
-        if conv.vocab is not None:
-            extra["vocab.json"] = conv.vocab
+        extra["vocab.json"] = conv.vocab
     return checkpoint.save_pretrained(conv.model, conv.config, out, kind=conv.kind, extra_files=extra, meta=meta)
 
 
@@ -117,5 +100,5 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
 
 __all__ = [
     "ConversionError", "Converted", "convert", "export_hf", "from_fairseq", "from_hf", "from_torchaudio",
-    "load_foreign", "load_foreign_ctc", "read_foreign", "to_hf",
+    "load_foreign_ctc", "read_foreign", "to_hf",
 ]

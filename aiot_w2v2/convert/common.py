@@ -9,6 +9,7 @@ particular source format.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..asr.vocab import FAIRSEQ_SPECIALS, HF_SPECIALS, LIBRISPEECH_LETTERS
 from ..config import PretrainConfig
 from ..model import Wav2Vec2ForPreTraining, Wav2Vec2Model
 
@@ -53,6 +55,41 @@ class ConversionError(ValueError):
     """A foreign checkpoint cannot be mapped onto our model; the message says what and why."""
 
 
+# Where each source keeps the tokens of its CTC outputs, and the published LibriSpeech letter
+# vocabulary in its layout (wav2vec2-base-960h's vocab.json, fairseq's dict.ltr.txt behind its
+# Dictionary's 4 specials, torchaudio's ASR bundle labels): see asr/vocab.py.
+VOCAB_FILES = {"hf": "vocab.json", "fairseq": "dict.ltr.txt", "torchaudio": None}
+PUBLISHED_VOCABS = {"hf": (*HF_SPECIALS, *LIBRISPEECH_LETTERS), "fairseq": (*FAIRSEQ_SPECIALS, *LIBRISPEECH_LETTERS),
+                    "torchaudio": ("-", *LIBRISPEECH_LETTERS)}
+
+
+def published_vocab(fmt: str, source: Path, head: dict[str, Tensor]) -> list[str] | None:
+    """The published letter vocabulary in `fmt`'s layout when the CTC head has its size, else None.
+
+    For a CTC source whose vocabulary file is missing: the published checkpoints all use that
+    vocabulary, so a head of its size is taken to use it, and a warning says so (a model trained
+    with other tokens of the same count would decode wrongly; its own file fixes that).
+    """
+    tokens = PUBLISHED_VOCABS[fmt]
+    if head["weight"].shape[0] != len(tokens):
+        return None
+    where = f"no {VOCAB_FILES[fmt]} beside it" if VOCAB_FILES[fmt] else "torchaudio files carry no labels"
+    warnings.warn(f"{source}: a CTC head and {where}; its {len(tokens)} outputs match the published LibriSpeech "
+                  f"letter vocabulary ({' '.join(tokens[:7])} ...), which is used. If the model was trained with "
+                  "other tokens, put its own vocabulary beside it.", stacklevel=3)
+    return list(tokens)
+
+
+def missing_vocab_message(fmt: str, source: Path, head: dict[str, Tensor]) -> str:
+    """Why a CTC head without a usable vocabulary cannot become a CTC model, and what to add."""
+    rows, published = head["weight"].shape[0], len(PUBLISHED_VOCABS[fmt])
+    file = VOCAB_FILES[fmt]
+    need = (f"put the {file} the model was trained with beside it" if file else
+            "torchaudio files carry no labels: use aiot_w2v2.convert.load_foreign_ctc for the encoder and the head")
+    return (f"{source}: a CTC head of {rows} outputs but no usable {file or 'vocabulary'} (missing, or not "
+            f"{rows} tokens), and {rows} is not the size of the published letter vocabulary ({published}): {need}")
+
+
 @dataclass
 class Converted:
     """A foreign model mapped onto ours.
@@ -70,6 +107,7 @@ class Converted:
     vocab: list[str] | None = None
     step: int = 0  # training updates of the source (sets the Gumbel temperature), when known
     notes: list[str] = field(default_factory=list)  # what the conversion could not carry over
+    source_format: str = ""  # "hf" | "fairseq" | "torchaudio": where a CTC source's vocabulary would be
 
 
 def map_key(key: str, table: Mapping[str, str]) -> str | None:

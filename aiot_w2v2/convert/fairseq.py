@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor
 
 from ..config import DataConfig, LossConfig, MaskingConfig, ModelConfig, PretrainConfig
-from .common import ConversionError, Converted, build_model, load_pt, rename_keys, round_prob
+from .common import ConversionError, Converted, build_model, load_pt, published_vocab, rename_keys, round_prob
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,8 @@ def from_fairseq(path: str | Path, ckpt: dict[str, Any] | None = None) -> Conver
     model = build_model(cfg, state, kind, str(path))
     history = ckpt.get("optimizer_history") or [{}]
     step = int(history[-1].get("num_updates", 0)) if isinstance(history[-1], dict) else 0
-    return Converted(model, cfg, kind, ctc_head=head, vocab=_read_dict(path, head), step=step if head is None else 0)
+    return Converted(model, cfg, kind, ctc_head=head, vocab=_read_dict(path, head), step=step if head is None else 0,
+                     source_format="fairseq")
 
 
 def is_fairseq_checkpoint(ckpt: dict[str, Any]) -> bool:
@@ -179,8 +180,10 @@ def is_fairseq_checkpoint(ckpt: dict[str, Any]) -> bool:
 def _read_dict(path: Path, head: dict[str, Tensor] | None) -> list[str] | None:
     """fairseq Dictionary order: <s>, <pad>, </s>, <unk>, then the lines of dict.ltr.txt."""
     dict_path = path.with_name("dict.ltr.txt")
-    if head is None or not dict_path.exists():
+    if head is None:
         return None
+    if not dict_path.exists():  # the published dict.ltr.txt when the head has its size (warned)
+        return published_vocab("fairseq", path, head)
     tokens = ["<s>", "<pad>", "</s>", "<unk>"]
     tokens += [line.split()[0] for line in dict_path.read_text().splitlines() if line.strip()]
     if len(tokens) != head["weight"].shape[0]:

@@ -38,6 +38,7 @@ from .common import (
     load_pt,
     map_key,
     normalize_weight_norm,
+    published_vocab,
     rename_keys,
     round_prob,
 )
@@ -187,7 +188,8 @@ def from_hf(folder: str | Path) -> Converted:
     """Map an HF `save_pretrained` folder onto our model.
 
     `Wav2Vec2ForPreTraining` -> our `Wav2Vec2ForPreTraining`; `Wav2Vec2Model` -> our `Wav2Vec2Model`;
-    `Wav2Vec2ForCTC` -> our `Wav2Vec2Model` with `ctc_head` (lm_head) and `vocab` (from vocab.json).
+    `Wav2Vec2ForCTC` -> our `Wav2Vec2Model` with `ctc_head` (lm_head) and `vocab` (from vocab.json, or
+    the published letter vocabulary when vocab.json is missing and the head has its 32 outputs).
     """
     folder = Path(folder)
     hf_cfg = json.loads((folder / "config.json").read_text())
@@ -205,13 +207,18 @@ def from_hf(folder: str | Path) -> Converted:
     kind = "pretraining" if "final_proj.weight" in state else "encoder"
     model = build_model(cfg, state, kind, str(folder))
     notes = [] if "wav2vec2.mask_emb" in state else ["no masked_spec_embed: mask_emb is freshly initialised"]
-    return Converted(model, cfg, kind, ctc_head=head or None, vocab=_read_vocab(folder, head), notes=notes)
+    return Converted(model, cfg, kind, ctc_head=head or None, vocab=_read_vocab(folder, head), notes=notes,
+                     source_format="hf")
 
 
 def _read_vocab(folder: Path, head: dict[str, Tensor]) -> list[str] | None:
+    """vocab.json's tokens in id order; without the file, the published letter vocabulary if the head
+    has its size (warned); None when unknown (`convert` and `load_model` then refuse the model)."""
     path = folder / "vocab.json"
-    if not head or not path.exists():
+    if not head:
         return None
+    if not path.exists():
+        return published_vocab("hf", folder, head)
     vocab = json.loads(path.read_text())
     if not (isinstance(vocab, dict) and all(isinstance(i, int) for i in vocab.values())):
         log.warning("%s: not a flat {token: id} vocabulary; vocab left out", path)

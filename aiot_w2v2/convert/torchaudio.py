@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..config import BASE_CONV, ModelConfig, PretrainConfig
-from .common import ConversionError, Converted, build_model, load_pt, rename_keys
+from .common import ConversionError, Converted, build_model, load_pt, published_vocab, rename_keys
 
 # torchaudio key -> ours. First match wins.
 TORCHAUDIO_TO_OURS: dict[str, str] = {
@@ -111,7 +111,8 @@ def from_torchaudio(source: nn.Module | str | Path, ckpt: dict[str, Any] | None 
     if unmatched:
         raise ConversionError(f"{where}: weights we cannot place: {unmatched[:6]}")
     model = build_model(cfg, state, "encoder", where)
-    return Converted(model, cfg, "encoder", ctc_head=head or None,
+    vocab = published_vocab("torchaudio", Path(where), head) if head else None  # no labels in the file
+    return Converted(model, cfg, "encoder", ctc_head=head or None, vocab=vocab, source_format="torchaudio",
                      notes=["torchaudio has no mask embedding: mask_emb is freshly initialised"])
 
 
