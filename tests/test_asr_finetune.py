@@ -23,7 +23,6 @@ from aiot_w2v2.asr import (
     VocabularyError,
     Wav2Vec2ForCTC,
     letter_vocabulary,
-    load_ctc_model,
     write_lexicon,
 )
 from aiot_w2v2.asr.build import build_model
@@ -35,6 +34,7 @@ from aiot_w2v2.asr.librispeech import librispeech_manifest
 from aiot_w2v2.asr.lm import write_bigram_arpa
 from aiot_w2v2.cli import main as cli_main
 from aiot_w2v2.config import ConfigError, MaskingConfig, PretrainConfig, TrainConfig
+from aiot_w2v2.loading import load_ctc_model
 from aiot_w2v2.model import Wav2Vec2ForPreTraining
 from aiot_w2v2.train.schedule import tri_stage_lr
 
@@ -228,3 +228,68 @@ def test_asr_tiny_preset_learns_the_shipped_corpus(tmp_path):
     decoder = BeamSearchDecoder(model.vocabulary, beam_size=50, lexicon=lexicon, lm=lm, lm_weight=1.0)
     result = evaluate(model, test, decoder, progress=False)
     assert result.scores.wer <= ASR_TINY_LM_WER, result.format()
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 15: one input normalisation from pretraining to evaluation; a run that stays all blank says so
+
+
+@pytest.fixture(scope="module")
+def pretrained_normalized(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like `pretrained`, but pretrained on waveforms normalised per utterance (data.normalize=true)."""
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(tiny_model_config())
+    out = tmp_path_factory.mktemp("pre_norm") / "checkpoint_last"
+    cfg = PretrainConfig(model=model.config, data=dataclasses.replace(PretrainConfig().data, normalize=True))
+    return checkpoint.save_pretrained(model, cfg, out)
+
+
+def test_finetuning_keeps_the_inits_input_normalisation_or_refuses(pretrained, pretrained_normalized, utterances,
+                                                                    tmp_path):
+    # an explicit setting that differs from the init's is refused, with both ways out
+    with pytest.raises(ConfigError, match=r"data.normalize=false\).*data.normalize=true.*pretrain with "
+                                          r"`--set data.normalize=true`.*`--set data.normalize=null`"):
+        build_model(small_config(data={"normalize": True}), pretrained)
+    with pytest.raises(ConfigError, match=r"data.normalize=true\).*data.normalize=false"):
+        build_model(small_config(data={"normalize": False}), pretrained_normalized)
+    # None inherits; the same value is accepted; scratch takes the config's (no statistics to keep)
+    assert build_model(small_config(), pretrained)[0].normalize_input is False
+    assert build_model(small_config(), pretrained_normalized)[0].normalize_input is True
+    assert build_model(small_config(data={"normalize": True}), pretrained_normalized)[0].normalize_input is True
+    scratch = small_config(data={"normalize": True}, encoder={"feature_grad_mult": 1.0})
+    scratch = dataclasses.replace(scratch, scratch_architecture="tiny")
+    assert build_model(scratch, "scratch")[0].normalize_input is True
+    # the fine-tuned checkpoint carries the setting, so evaluation (and a further fine-tuning) use it
+    train, _ = utterances
+    finetune(small_config(optim={"max_steps": 1}, valid={"every": 0}), train, None, pretrained_normalized,
+             tmp_path / "run", progress=False)
+    assert load_ctc_model(tmp_path / "run").normalize_input is True
+    with pytest.raises(ConfigError, match="data.normalize=false"):
+        build_model(small_config(data={"normalize": False}), tmp_path / "run")
+
+
+def ctc_with_biased_head(path: Path, token: str) -> Path:
+    """A CTC checkpoint whose head emits `token` on every frame (its bias dwarfs everything else)."""
+    torch.manual_seed(0)
+    vocab = letter_vocabulary()
+    model = Wav2Vec2ForCTC(tiny_model_config(), vocab)
+    with torch.no_grad():
+        model.lm_head.bias[vocab.tokens.index(token)] = 1e4
+    return checkpoint.save_pretrained(model, ctc_pretrain_config(model), path, kind="ctc", meta=ctc_meta(model))
+
+
+def test_a_run_still_all_blank_at_the_end_says_so(utterances, tmp_path):
+    train, test = utterances
+    cfg = small_config(optim={"max_steps": 1, "lr": 1e-9}, valid={"every": 0})
+    blank = ctc_with_biased_head(tmp_path / "blank", "<s>")  # fairseq's <s> is the CTC blank
+    with pytest.warns(UserWarning, match=r"100 % of the 4 validation hypotheses are empty after 1 updates.*"
+                                         r"optim.max_steps.*ctc.freeze_updates.*optim.lr.*data.normalize"):
+        s = finetune(cfg, train, test, blank, tmp_path / "run", progress=False)
+    assert s.all_blank and s.valid_empty == 1.0
+    assert "WARNING     100 % of the 4 validation hypotheses are empty" in s.format()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["all_blank"] is True
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv")["valid_empty"].dropna().tolist() == [1.0]
+    # a model that emits letters is not flagged, however wrong they are
+    letters = ctc_with_biased_head(tmp_path / "letters", "E")
+    s = finetune(cfg, train, test, letters, tmp_path / "run_e", progress=False)
+    assert not s.all_blank and s.valid_empty == 0.0 and "WARNING" not in s.format()

@@ -76,7 +76,8 @@ class AsrDataConfig:
     num_buckets: int = 0  # 0: sort by length inside a shuffled pool (see BucketBatchSampler)
     num_workers: int = 0
     # zero-mean unit-variance per utterance (fairseq `normalize`); None: as the --init model was trained
-    # (scratch: the architecture preset's data.normalize). Stored with the model, so evaluation matches.
+    # (scratch: the architecture preset's data.normalize). A value that differs from a trained --init's is
+    # refused (build.normalization_mismatch). Stored with the model, so evaluation matches.
     normalize: bool | None = None
     unknown_chars: str = "error"  # transcript characters the vocabulary cannot spell: "error" | "skip" (utterance)
 

@@ -7,7 +7,9 @@ first `ctc.freeze_updates` updates, time and channel masking and LayerDrop in th
 the tri-stage schedule, and the CTC loss computed in float32 outside autocast, summed over the
 utterances of an update and divided by their number (fairseq `sentence_avg`). Batches hold up to
 `data.max_batch_seconds` of padded audio. Every `valid.every` updates it decodes the valid set
-greedily and logs WER/CER; the best model goes to `OUT/checkpoint_best`.
+greedily and logs WER/CER; the best model goes to `OUT/checkpoint_best`. A run whose final
+validation hypotheses are (almost) all empty has not left CTC's all-blank phase: the summary says so,
+with what to change (`all_blank_advice`); without the printed summary it is an `AllBlankWarning`.
 
 Run folder: `metrics.csv` (+ TensorBoard `tb/`), `checkpoint_last/` (weights + training state for
 `resume`, via `train/state.py`), `checkpoint_best/`, `summary.json`. Single process.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +50,9 @@ from .wer import score
 CHECKPOINT_BEST = "checkpoint_best"
 SUMMARY_JSON = "summary.json"
 COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "frozen", "utterances", "updates_per_s", "audio_s_per_s",
-           "valid_loss", "valid_wer", "valid_cer", "wall_s")
+           "valid_loss", "valid_wer", "valid_cer", "valid_empty", "wall_s")
+# A final validation where at least this share of the hypotheses is empty: CTC still emits only blanks.
+ALL_BLANK_SHARE = 0.95
 
 
 @dataclass
@@ -64,6 +69,7 @@ class FinetuneSummary:
     final_loss: float
     valid_wer: float  # at the end (nan without a valid set)
     valid_cer: float
+    valid_empty: float  # share of empty validation hypotheses at the end (nan without a valid set)
     best_wer: float
     best_step: int
     wall_seconds: float
@@ -73,8 +79,13 @@ class FinetuneSummary:
     device: str
     checkpoint: str
 
+    @property
+    def all_blank(self) -> bool:
+        """The final validation decoded (almost) nothing: the model has not left the all-blank phase."""
+        return math.isfinite(self.valid_empty) and self.valid_empty >= ALL_BLANK_SHARE
+
     def format(self) -> str:
-        return "\n".join([
+        lines = [
             f"fine-tuning done: {self.steps} updates (this run {self.steps - self.start_step}, stopped by "
             f"{self.stopped_by}) in {self.wall_seconds:.1f} s on {self.device}",
             f"  init        {self.init}",
@@ -84,7 +95,24 @@ class FinetuneSummary:
             f"  valid       WER {100 * self.valid_wer:.2f} %  CER {100 * self.valid_cer:.2f} %   "
             f"(best WER {100 * self.best_wer:.2f} % at update {self.best_step})",
             f"  checkpoint  {self.checkpoint}",
-        ])
+        ]
+        if self.all_blank:
+            lines.append("  WARNING     " + all_blank_advice(self))
+        return "\n".join(lines)
+
+
+def all_blank_advice(s: FinetuneSummary) -> str:
+    """What a run that still emits only blanks should change (clear text, for the summary and the warning)."""
+    return (f"{100 * s.valid_empty:.0f} % of the {s.valid_utterances} validation hypotheses are empty after "
+            f"{s.steps} updates: the CTC output is still all blank and this model is not usable. CTC first learns "
+            "to emit only blanks and leaves that phase later on small data; give it more updates (optim.max_steps, "
+            "and train.max_minutes if that stopped the run), a shorter ctc.freeze_updates, or a higher optim.lr. "
+            "Check that --init was pretrained with the data.normalize the fine-tuning uses, and that its pretraining "
+            "ran long enough (accuracy well above chance).")
+
+
+class AllBlankWarning(UserWarning):
+    """A fine-tuning run ended with (almost) only empty validation hypotheses."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,7 +205,8 @@ def finetune(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame | Non
         tr = transcribe(model, valid_loader, decoder, device)
         scores, _ = score(tr.references, tr.hypotheses)
         valid_row = {"valid_loss": tr.loss_sum / max(scores.utterances, 1), "valid_wer": scores.wer,
-                     "valid_cer": scores.cer}
+                     "valid_cer": scores.cer,
+                     "valid_empty": sum(not h.strip() for h in tr.hypotheses) / max(len(tr.hypotheses), 1)}
         if scores.wer < best["wer"]:
             best.update(wer=scores.wer, step=step)
             save(run / CHECKPOINT_BEST, with_state=False)
@@ -263,14 +292,18 @@ def finetune(cfg: FinetuneConfig, train: pd.DataFrame, valid: pd.DataFrame | Non
         first_loss=logged[0]["loss"] if logged else math.nan, final_loss=logged[-1]["loss"] if logged else math.nan,
         valid_wer=valids[-1]["valid_wer"] if valids else math.nan,
         valid_cer=valids[-1]["valid_cer"] if valids else math.nan,
+        valid_empty=valids[-1].get("valid_empty", math.nan) if valids else math.nan,
         best_wer=best["wer"] if math.isfinite(best["wer"]) else math.nan, best_step=int(best["step"]),
         wall_seconds=time.monotonic() - t_start, train_utterances=len(train_set),
         train_hours=float(train_set.lengths.sum()) / cfg.data.sample_rate / 3600,
         valid_utterances=len(valid_loader.dataset) if valid_loader is not None else 0, device=str(device),
         checkpoint=str(last))
-    (run / SUMMARY_JSON).write_text(json.dumps(asdict(summary), indent=2, sort_keys=True))
+    (run / SUMMARY_JSON).write_text(json.dumps({**asdict(summary), "all_blank": summary.all_blank}, indent=2,
+                                               sort_keys=True))
     if progress:
         print(summary.format())
+    if summary.all_blank and not progress:  # the printed summary already says it
+        warnings.warn(all_blank_advice(summary), AllBlankWarning, stacklevel=2)
     return summary
 
 
