@@ -39,7 +39,7 @@ from .subscriber import Subscriber
 
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
 SNAPSHOT_ALERTS = 500
-_STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
+_STATIC = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                                "img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",

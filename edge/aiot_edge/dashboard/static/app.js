@@ -37,6 +37,8 @@ function fmtNum(x) {
   return a >= 1000 || (a > 0 && a < 0.01) ? x.toExponential(2) : x.toFixed(a >= 100 ? 1 : 3);
 }
 
+function plural(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
+
 function fmtAge(seconds) {
   if (seconds < 0) seconds = 0;
   if (seconds < 60) return Math.round(seconds) + " s ago";
@@ -50,12 +52,6 @@ function fmtTime(ts) {
   const today = new Date();
   const time = d.toLocaleTimeString([], {hour12: false});
   return d.toDateString() === today.toDateString() ? time : d.toLocaleDateString() + " " + time;
-}
-
-function baseName(path) {
-  if (!path) return "";
-  const parts = String(path).split(/[\\/]/);
-  return parts[parts.length - 1];
 }
 
 // -- rendering (batched: at most once per animation frame) --------------------------------------
@@ -129,8 +125,7 @@ function alertRow(a) {
   device.append(el("span", "", a.device), el("span", "muted", " · " + a.site));
   const sev = el("td");
   sev.append(el("span", "pill sev-" + (a.severity === "critical" ? "critical" : "warning"), a.severity));
-  const src = el("td", "src", baseName(a.source));
-  src.title = a.source || "";
+  const src = el("td", "src", a.source || "–");  // the whole path: the same file name recurs in many folders
   const stateCell = el("td", "ack-state");
   if (a.ack_ts) {
     stateCell.textContent = "acknowledged by " + a.ack_by + ", " + fmtTime(a.ack_ts);
@@ -151,7 +146,7 @@ function renderCounters() {
   const c = state.counters || {};
   const dropped = Object.values(c.dropped || {}).reduce((s, x) => s + x, 0);
   document.getElementById("counters").textContent =
-    `${c.alerts_stored ?? state.alerts.size} alerts stored · ${dropped} bad messages dropped`;
+    `${plural(c.alerts_stored ?? state.alerts.size, "alert")} stored · ${plural(dropped, "bad message")} dropped`;
 }
 
 async function acknowledge(eventId, button) {
@@ -220,7 +215,7 @@ function drawChart(key) {
   const values = [];
   for (const p of points) { values.push(p[1]); if (p[2] !== null) values.push(p[2]); }
   for (const a of alerts) values.push(a.score, a.threshold);
-  const pad = {l: 52, r: 8, t: 6, b: 20};
+  const pad = {l: 52, r: 8, t: 8, b: 22};
   const w = width - pad.l - pad.r, h = height - pad.t - pad.b;
   ctx.font = "11px system-ui, sans-serif";
   ctx.fillStyle = "#6b7280";
@@ -245,11 +240,10 @@ function drawChart(key) {
     ctx.beginPath(); ctx.moveTo(pad.l, y(v)); ctx.lineTo(pad.l + w, y(v)); ctx.stroke();
     ctx.fillText(fmtNum(v), pad.l - 6, y(v));
   }
-  ctx.textAlign = "center";
   ctx.textBaseline = "top";
   for (let m = 60; m >= 0; m -= 15) {
-    const t = t1 - m * 60;
-    ctx.fillText(m ? "-" + m + " min" : "now", Math.min(x(t), pad.l + w - 14), pad.t + h + 4);
+    ctx.textAlign = m === 60 ? "left" : m === 0 ? "right" : "center";  // the ends stay inside the plot
+    ctx.fillText(m ? "-" + m + " min" : "now", x(t1 - m * 60), pad.t + h + 5);
   }
 
   // threshold: a step line (it changes only when a new bundle is deployed)
@@ -277,7 +271,8 @@ function drawChart(key) {
   ctx.stroke();
   if (points.length < 120) for (const p of points) { ctx.beginPath(); ctx.arc(x(p[0]), y(p[1]), 2, 0, 2 * Math.PI); ctx.fill(); }
 
-  // alerts
+  // alerts: acknowledged ones first, so an open alert is never hidden behind one
+  alerts.sort((a, b) => (b.ack_ts ? 1 : 0) - (a.ack_ts ? 1 : 0));
   for (const a of alerts) {
     ctx.fillStyle = a.ack_ts ? "#9ca3af" : a.severity === "critical" ? "#991b1b" : "#dc2626";
     ctx.beginPath(); ctx.arc(x(a.ts), y(a.score), 4.5, 0, 2 * Math.PI); ctx.fill();
