@@ -161,7 +161,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.out), minutes=args.minutes, seed=args.seed)
+    return run_demo(Path(args.out), minutes=args.minutes, seed=args.seed, keep_dashboard=args.keep_dashboard)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the whole pipeline on synthetic machine sounds")
     s.add_argument("--out", default="demo_out")
+    s.add_argument("--keep-dashboard", action="store_true",
+                   help="keep the broker and the live dashboard up after the demo, until Ctrl-C")
     s.add_argument("--minutes", type=float, default=None,
                    help="cap on pretraining wall time (default: none; the tiny preset runs 400 updates)")
     s.add_argument("--seed", type=int, default=0)

@@ -7,7 +7,8 @@
 4. evaluate on the test clips: AUC / pAUC table with the baseline beside, report.html;
 5. export the scoring model to an int8 ONNX bundle;
 6. run the edge daemon on a few test clips with an embedded MQTT broker and print the alerts a
-   subscriber received.
+   subscriber received; the live dashboard runs beside the broker (its URL is printed) and, with
+   `keep_dashboard`, stays up after the demo until Ctrl-C.
 
 Every stage prints where its output went; the summary at the end lists them.
 """
@@ -26,7 +27,8 @@ def _stage(k: int, n: int, text: str) -> None:
     print(f"\n[{k}/{n}] {text}", flush=True)
 
 
-def run_demo(out: Path, minutes: float | None = None, seed: int = 0, baseline_epochs: int = 100) -> int:
+def run_demo(out: Path, minutes: float | None = None, seed: int = 0, baseline_epochs: int = 100,
+             keep_dashboard: bool = False) -> int:
     from .anomaly.evaluate import evaluate
     from .anomaly.fit import fit_scoring
     from .config import load_pretrain_config
@@ -87,7 +89,11 @@ def run_demo(out: Path, minutes: float | None = None, seed: int = 0, baseline_ep
     clips = [p for label in ("normal", "anomaly") for p in sorted(test_dir.glob(f"{label}_{machine_id}_*.wav"))[:6]]
     _stage(6, n, f"edge daemon on {len(clips)} test clips of {machine} {machine_id} (embedded MQTT broker); "
                  "a subscriber prints the alerts")
-    alerts = run_edge_stage(bundle, clips, machine, machine_id)
+    dashboard_db = out / "dashboard.db"
+    for old_db in out.glob("dashboard.db*"):  # the alerts of an earlier demo run
+        old_db.unlink()
+    alerts = run_edge_stage(bundle, clips, machine, machine_id, dashboard_db=dashboard_db,
+                            keep_dashboard=keep_dashboard)
 
     print()
     print(f"demo finished in {(time.time() - t0) / 60:.1f} min")
@@ -95,4 +101,7 @@ def run_demo(out: Path, minutes: float | None = None, seed: int = 0, baseline_ep
     print(f"  report:          {report / 'report.html'}")
     print(f"  bundle:          {bundle}")
     print(f"  alerts received: {len(alerts)}")
+    if dashboard_db.exists():
+        print(f"  dashboard:       {dashboard_db} (see it again: aiot-w2v2 demo --keep-dashboard, or "
+              f"aiot-edge dashboard --db {dashboard_db})")
     return 0

@@ -5,6 +5,9 @@ edge package's embedded broker: amqtt in-process), subscribes to the device's al
 paho-mqtt, then runs `aiot_edge.daemon.Daemon` in-process on the given files with `once` (stop when
 the files are scored and every alert is acknowledged), and returns the alert payloads received.
 
+With a dashboard database, `aiot-edge dashboard` runs beside the broker for the stage and shows
+the alerts live (its URL is printed first).
+
 The broker belongs to this helper, not to the daemon (`broker: embedded` would start one inside
 the daemon): the subscriber has to be subscribed before the first alert, and a daemon-owned broker's
 port is only known once the daemon runs and is gone as soon as a `once` daemon exits.
@@ -87,26 +90,62 @@ class _AlertSubscriber:
         self.client.loop_stop()
 
 
+@contextlib.contextmanager
+def demo_dashboard(url: str, db: Path | None, echo: bool) -> Iterator[Any]:
+    """`aiot-edge dashboard` on the stage's broker (127.0.0.1:8080, or a free port if that is taken); None
+    when `db` is None or the `dashboard` extra is not installed."""
+    if db is None:
+        yield None
+        return
+    try:
+        from aiot_edge.dashboard import Dashboard, DashboardConfig
+    except ImportError:
+        print("dashboard: not started (pip install './edge[dashboard]')")
+        yield None
+        return
+    for listen in ("127.0.0.1:8080", "127.0.0.1:0"):
+        dashboard = Dashboard(DashboardConfig(broker=url, listen=listen, db=str(db), operator="demo"))
+        try:
+            dashboard.start()
+            break
+        except OSError:  # 8080 is taken: any free port will do
+            continue
+    if echo:
+        print(f"dashboard: {dashboard.url}  (alerts kept in {db})", flush=True)
+    try:
+        yield dashboard
+    finally:
+        dashboard.stop()
+
+
 def run_edge_stage(bundle: Path, wav_files: list[Path], machine: str, machine_id: str, timeout_s: float = 120,
-                   *, overrides: dict[str, Any] | None = None, echo: bool = True) -> list[dict[str, Any]]:
+                   *, overrides: dict[str, Any] | None = None, echo: bool = True, dashboard_db: Path | None = None,
+                   keep_dashboard: bool = False) -> list[dict[str, Any]]:
     """Score `wav_files` with the edge daemon on `bundle` and return the alert payloads a subscriber received.
 
     `overrides` are dotted daemon-config keys (`{"decision.k": 1, "decision.cooldown_s": 0}`); the
-    daemon's defaults apply otherwise. After `timeout_s` the daemon is asked to stop.
+    daemon's defaults apply otherwise. After `timeout_s` the daemon is asked to stop. With
+    `dashboard_db`, the live dashboard runs beside the broker while the daemon scores (the daemon
+    then also sends score telemetry for its charts); with `keep_dashboard`, broker and dashboard
+    stay up after the daemon is done, until Ctrl-C.
     """
     files = [Path(f) for f in wav_files]
     if not files:
         raise ValueError("run_edge_stage needs at least one audio file")
     edge_log = logging.getLogger("aiot_edge")
     level = edge_log.level
-    with tempfile.TemporaryDirectory(prefix="aiot-edge-demo-") as tmp, local_broker(Path(tmp)) as (url, backend):
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="aiot-edge-demo-"))
+        url, backend = stack.enter_context(local_broker(Path(tmp)))
+        dashboard = stack.enter_context(demo_dashboard(url, dashboard_db, echo))
         topic = Topics.for_device(SITE, DEVICE).alert
         sub = _AlertSubscriber(url, topic, echo)
         try:
             sub.wait_subscribed(10.0)
             values = {"bundle": str(bundle), "machine": machine, "machine_id": machine_id, "site": SITE,
                       "device": DEVICE, "broker": url, "once": True, "once_timeout_s": min(30.0, timeout_s),
-                      "spool.path": str(Path(tmp) / "spool.db"), "telemetry_every_s": 0.0, "health_every_s": 0.0,
+                      "spool.path": str(Path(tmp) / "spool.db"), "health_every_s": 0.0,
+                      "telemetry_every_s": 0.5 if dashboard is not None else 0.0,
                       **(overrides or {})}
             cfg = with_overrides(EdgeConfig(), values)
             daemon = Daemon(cfg, FileSource(files, sample_rate=_bundle_rate(bundle)))
@@ -127,7 +166,27 @@ def run_edge_stage(bundle: Path, wav_files: list[Path], machine: str, machine_id
         if echo:
             print(f"edge daemon: {daemon.counters.windows_scored} windows scored, "
                   f"{daemon.counters.alerts_raised} alerts raised, {sub.count()} received")
+        if dashboard is not None:
+            _wait_until_shown(dashboard, [p["event_id"] for p in sub.payloads])
+            if keep_dashboard:
+                _serve_until_interrupted(dashboard)
         return list(sub.payloads)
+
+
+def _wait_until_shown(dashboard: Any, event_ids: list[str], timeout_s: float = 5.0) -> None:
+    """The dashboard gets the alerts through the broker, like the subscriber: give it as long."""
+    deadline = time.monotonic() + timeout_s
+    while not all(dashboard.store.alert(e) for e in event_ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _serve_until_interrupted(dashboard: Any) -> None:
+    print(f"dashboard: {dashboard.url} stays up with the broker; Ctrl-C to end the demo", flush=True)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print()
 
 
 def _bundle_rate(bundle: Path) -> int:

@@ -114,3 +114,19 @@ def test_garbage_over_mqtt_is_counted_and_the_subscriber_keeps_going(tmp_path, b
     assert sum(health["dropped"].values()) == len(garbage) + 2, health
     assert health["received"] == {"alert": len(garbage) + 1, "score": 1, "status": 1}
     assert "Traceback" not in dash.log()
+
+
+def test_demo_edge_stage_shows_its_alerts_on_the_dashboard(tmp_path, tiny_bundle, capsys):
+    from aiot_edge.dashboard.store import Store
+
+    from aiot_w2v2.edge_demo import run_edge_stage
+
+    db = tmp_path / "demo_dashboard.db"
+    alerts = run_edge_stage(tiny_bundle, _clips(tmp_path / "clips"), "fan", "id_00", timeout_s=60, dashboard_db=db,
+                            overrides={"decision.k": 1, "decision.n": 1, "decision.cooldown_s": 0.0})
+    assert len(alerts) == 6
+    printed = capsys.readouterr().out
+    assert "dashboard: http://127.0.0.1:" in printed
+    with Store(db) as store:  # the stage returned: the dashboard is stopped, its history stays
+        assert {a["event_id"] for a in store.alerts()} == {a["event_id"] for a in alerts}
+        assert store.devices()[0]["device"] == "edge-demo"

@@ -91,6 +91,13 @@ class Dashboard:
 
     def start(self, timeout: float = 10.0) -> str:
         """Open the store, start the subscriber and the web server; returns the page URL."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()  # a taken port, an unwritable database: release what was opened
+            raise
+
+    def _start(self, timeout: float) -> str:
         self.store = Store(self.cfg.db, max_alerts=self.cfg.max_alerts)
         self.subscriber = Subscriber(self.store, self.hub, self.address, self.cfg.site, username=self.cfg.username,
                                      password=self.cfg.password, ca=self.cfg.ca)
@@ -108,7 +115,6 @@ class Dashboard:
         deadline = time.monotonic() + timeout
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
                 raise RuntimeError(f"the dashboard's web server did not start on {self.cfg.listen}")
             time.sleep(0.02)
         self.subscriber.start()
