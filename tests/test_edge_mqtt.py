@@ -6,8 +6,10 @@ SIGKILL, restarts) is in test_edge_daemon.py.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+import sqlite3
 import sys
 import threading
 import uuid
@@ -17,6 +19,7 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 from aiot_edge.broker import BrokerUnavailable, EmbeddedBroker, find_mosquitto
+from aiot_edge.spool import Spool
 from edge_fixtures import (  # noqa: F401 - the *_fixture names register fixtures
     LOUD,
     THRESHOLD,
@@ -250,3 +253,25 @@ def test_full_disk_keeps_scoring_and_delivers_alerts(tmp_path, small_disk, broke
     source.finish()
     assert d.stop() == 0
     assert d.daemon.spool.depth() == 0 and d.daemon.counters.alerts_raised == 14
+
+
+def test_malformed_spool_row_is_quarantined_and_the_rest_delivered(tmp_path, brokers, subscribers, run_daemon,
+                                                                   tiny_bundle, caplog) -> None:
+    # One row with qos 5 killed the publish pump, then the main thread.
+    broker = brokers().start()
+    sub = subscribers(broker, topics="aiot/+/+/alert")
+    spool_path = tmp_path / "spool.db"
+    with Spool(spool_path) as spool:
+        for i in range(3):
+            spool.put("aiot/lab/pi1/alert", json.dumps({"event_id": f"e{i}"}), qos=1)
+    with sqlite3.connect(spool_path) as db:
+        db.execute("UPDATE outbox SET qos = 5 WHERE CAST(payload AS TEXT) LIKE '%e1%'")
+    source = FedSource()
+    source.finish()
+    d = run_daemon(daemon_config(tmp_path, broker, tiny_bundle, spool__path=str(spool_path), once=True), source)
+    assert d.join(20) == 0
+    wait_for(lambda: sub.alert_ids() == {"e0", "e2"}, what="the two good rows")
+    assert "quarantined" in caplog.text and "qos 5" in caplog.text
+    with sqlite3.connect(spool_path) as db:
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] == 1

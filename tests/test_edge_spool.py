@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -102,13 +105,55 @@ def test_concurrent_puts_and_deletes(tmp_path: Path) -> None:
         assert spool.depth() == 0 and spool.size_bytes() == 0
 
 
-def test_unusable_file_is_a_clear_error(tmp_path: Path) -> None:
-    bad = tmp_path / "not-a-db.db"
-    bad.write_bytes(b"this is not sqlite" * 100)
+def test_unusable_path_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
     with pytest.raises(SpoolError, match="cannot open spool"):
-        Spool(bad)
+        Spool(tmp_path / "a-file" / "s.db")  # its folder is a file
     with pytest.raises(ValueError, match="positive"):
         Spool(tmp_path / "x.db", max_rows=0)
+
+
+def test_corrupt_spool_is_moved_aside_and_a_new_one_started(tmp_path: Path, caplog) -> None:
+    # A corrupt header used to refuse to run at all; damaged pages were not noticed.
+    bad = tmp_path / "not-a-db.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with caplog.at_level(logging.ERROR, logger="aiot_edge.spool"), Spool(bad) as spool:
+        assert spool.put("t", "new") is not None and spool.depth() == 1
+    aside = list(tmp_path.glob("not-a-db.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b"this is not sqlite" * 100
+    assert "moved it to" in caplog.text and str(aside[0]) in caplog.text
+
+    damaged = tmp_path / "damaged.db"
+    with Spool(damaged) as spool:
+        for i in range(200):
+            spool.put("t", f"message {i} " * 20)
+    with sqlite3.connect(damaged) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'outbox'").fetchone()[0]
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+    with open(damaged, "r+b") as f:  # scribble over an interior page of the table's b-tree
+        f.seek((root - 1) * page)
+        f.write(b"\xff" * 16)  # its page header: an invalid page type
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="aiot_edge.spool"), Spool(damaged) as spool:
+        assert spool.depth() == 0
+    assert "failed its integrity check" in caplog.text and list(tmp_path.glob("damaged.db.corrupt-*"))
+
+
+def test_lost_wal_frames_are_reported(tmp_path: Path, caplog) -> None:
+    # A deleted or damaged WAL after a crash silently started with fewer rows.
+    path = tmp_path / "s.db"
+    script = (f"from aiot_edge.spool import Spool\ns = Spool({str(path)!r})\n"
+              "for i in range(48): s.put('t', 'm%d' % i)\nimport os; os._exit(0)  # no close: WAL + shm stay\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    wal = Path(str(path) + "-wal")
+    assert wal.exists() and Path(str(path) + "-shm").exists()
+    with open(wal, "r+b") as f:  # damage the last frame: SQLite drops it and every one after it
+        f.seek(-100, os.SEEK_END)
+        f.write(b"\x00\x01" * 50)
+    with caplog.at_level(logging.ERROR, logger="aiot_edge.spool"), Spool(path) as spool:
+        assert spool.depth() == 47
+    assert "write-ahead log" in caplog.text and "lost" in caplog.text
 
 
 def test_full_disk_keeps_alerts_in_memory_and_retries(small_disk, caplog: pytest.LogCaptureFixture) -> None:
@@ -132,3 +177,21 @@ def test_full_disk_keeps_alerts_in_memory_and_retries(small_disk, caplog: pytest
     with Spool(path) as spool:
         assert [i.payload for i in spool.pending(100)] == (
             [b"before"] + [f"full{i}".encode() for i in range(19)] + [b"after"])
+
+
+def test_malformed_rows_are_quarantined(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "s.db"
+    with Spool(path) as spool:
+        for i in range(4):
+            spool.put("t", f"m{i}")
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE outbox SET qos = 5 WHERE payload = CAST('m1' AS BLOB)")
+        db.execute("UPDATE outbox SET qos = 'x' WHERE payload = CAST('m3' AS BLOB)")
+    with Spool(path) as spool, caplog.at_level(logging.ERROR, logger="aiot_edge.spool"):
+        assert [i.payload for i in spool.pending(10)] == [b"m0", b"m2"]
+        assert spool.depth() == 2 and "quarantined" in caplog.text
+        assert spool.quarantine(spool.pending(10)[1].row_id, "refused by the client library") is True
+        assert [i.payload for i in spool.pending(10)] == [b"m0"] and spool.depth() == 1
+    with sqlite3.connect(path) as db:
+        reasons = [r[0] for r in db.execute("SELECT reason FROM quarantine ORDER BY id")]
+    assert reasons[0].startswith("qos 5") and len(reasons) == 3

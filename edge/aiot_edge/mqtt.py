@@ -314,7 +314,12 @@ class Publisher:
             return
         busy = set(self._inflight.values()) | self._rejected
         for item in self.spool.pending(room, exclude=busy):
-            info = self.client.publish(item.topic, item.payload, qos=item.qos, properties=self._publish_properties())
+            try:
+                info = self.client.publish(item.topic, item.payload, qos=item.qos,
+                                           properties=self._publish_properties())
+            except (ValueError, TypeError) as err:  # paho refuses the row itself (topic, payload, qos)
+                self.spool.quarantine(item.row_id, f"refused by paho: {err}")
+                continue
             # NO_CONN: paho queued the QoS 1 message and sends it after the reconnect; it is in flight.
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 log.warning("mqtt publish of spooled row %d failed: %s", item.row_id, paho.error_string(info.rc))

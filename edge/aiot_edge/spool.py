@@ -34,6 +34,7 @@ It knows nothing about MQTT, the network or the payload format: rows are (topic,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -42,6 +43,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from .spool_integrity import integrity_problem, lost_wal_frames, move_aside
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload  BLOB    NOT NULL,
     qos      INTEGER NOT NULL,
     created  REAL    NOT NULL                     -- unix time the row was written
+)
+"""
+# Rows that cannot be sent (a damaged file, a hand edit: qos 5, a NULL topic) are moved here with the
+# reason, so one bad row neither blocks the rows behind it nor disappears without a trace.
+_QUARANTINE = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    id       INTEGER PRIMARY KEY,  -- the row's id in outbox
+    topic    TEXT,
+    payload  BLOB,
+    qos      INTEGER,
+    created  REAL,
+    reason   TEXT NOT NULL,
+    moved    REAL NOT NULL          -- unix time the row was quarantined
 )
 """
 
@@ -69,6 +85,20 @@ class SpoolItem:
     payload: bytes
     qos: int
     created: float
+
+
+def _row_problem(row: tuple[object, ...]) -> str | None:
+    """Why an outbox row (id, topic, payload, qos, created) cannot be sent, or None when it can."""
+    _, topic, payload, qos, created = row
+    if isinstance(qos, bool) or qos not in (0, 1, 2):
+        return f"qos {qos!r} is not 0, 1 or 2"
+    if not isinstance(topic, str) or not topic or any(c in topic for c in "+#\0"):
+        return f"topic {topic!r} is not a topic to publish on"
+    if not isinstance(payload, (bytes, str)):
+        return f"payload is {type(payload).__name__}, not bytes"
+    if not isinstance(created, (int, float)):
+        return f"created {created!r} is not a time"
+    return None
 
 
 class Spool:
@@ -98,17 +128,41 @@ class Spool:
         try:
             if self.path.parent != Path(""):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: autocommit; every statement is its own durable transaction.
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(_SCHEMA)
+            lost = lost_wal_frames(self.path)  # before SQLite opens the file and rebuilds the WAL index
+            self._db = self._connect()
+            problem = integrity_problem(self._db)
+            if problem is not None:
+                self._db.close()
+                aside = move_aside(self.path)
+                log.error("spool %s failed its integrity check (%s): moved it to %s and started a new, empty spool; "
+                          "alerts in the old file were not delivered (inspect it with sqlite3)", self.path, problem,
+                          aside)
+                lost = None
+                self._db = self._connect()
             rows, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
         except (sqlite3.Error, OSError) as err:
             raise SpoolError(f"cannot open spool {self.path}: {err}") from err
+        if lost is not None:
+            log.error("spool %s: its write-ahead log (%s-wal) lost data after a crash: %d of %d committed frames "
+                      "are missing or damaged, so alerts written before the crash may be lost (the disk or "
+                      "someone removed or changed the file)", self.path, self.path, lost[0] - lost[1], lost[0])
         self._rows, self._bytes = int(rows), int(size)
         if self._rows:
             log.info("spool %s holds %d unsent message(s) from an earlier run", self.path, self._rows)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: autocommit; every statement is its own durable transaction.
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(_SCHEMA)
+            db.execute(_QUARANTINE)
+        except sqlite3.DatabaseError as err:
+            if "not a database" not in str(err) and "malformed" not in str(err):
+                db.close()
+                raise
+        return db
 
     # -- context manager -------------------------------------------------------------------------
 
@@ -206,8 +260,55 @@ class Spool:
             rows = self._db.execute("SELECT id, topic, payload, qos, created FROM outbox ORDER BY id LIMIT ?",
                                     (limit + len(skip),)).fetchall()
             memory = [item for item in self._memory if item.row_id not in skip]
-        items = [SpoolItem(int(r[0]), r[1], bytes(r[2]), int(r[3]), float(r[4])) for r in rows if r[0] not in skip]
+            items = []
+            for r in rows:
+                if r[0] in skip:
+                    continue
+                problem = _row_problem(r)
+                if problem is not None:
+                    self._quarantine(int(r[0]), problem)
+                    continue
+                items.append(SpoolItem(int(r[0]), r[1], bytes(r[2]), int(r[3]), float(r[4])))
         return (items + memory)[:limit]
+
+    def quarantine(self, row_id: int, reason: str) -> bool:
+        """Move a row that cannot be sent out of the outbox (kept in table `quarantine`); False if not there."""
+        with self._lock:
+            return self._quarantine(row_id, reason)
+
+    def _quarantine(self, row_id: int, reason: str) -> bool:
+        if row_id < 0:  # a memory row: there is no table to keep it in
+            for i, item in enumerate(self._memory):
+                if item.row_id == row_id:
+                    del self._memory[i]
+                    self._rows -= 1
+                    self._bytes -= len(item.payload)
+                    log.error("spool %s: message %d quarantined (dropped, it was in memory only): %s", self.path,
+                              row_id, reason)
+                    return True
+            return False
+        try:
+            row = self._db.execute("SELECT LENGTH(payload) FROM outbox WHERE id = ?", (row_id,)).fetchone()
+            if row is None:
+                return False
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR REPLACE INTO quarantine (id, topic, payload, qos, created, reason, moved) "
+                             "SELECT id, topic, payload, qos, created, ?, ? FROM outbox WHERE id = ?",
+                             (reason, time.time(), row_id))
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            self._db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as err:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            log.error("spool %s: row %d cannot be sent (%s) and cannot be quarantined (%s); skipping it in this run",
+                      self.path, row_id, reason, err)
+            self._undeleted.add(row_id)  # skipped by pending; the DELETE is retried with the others
+        else:
+            log.error("spool %s: row %d quarantined: %s (kept in its table 'quarantine'; the rest is delivered)",
+                      self.path, row_id, reason)
+        self._rows -= 1
+        self._bytes -= int(row[0] or 0)
+        return True
 
     def delete(self, row_id: int) -> bool:
         """Remove an acknowledged row; returns False if it was not there (already deleted)."""
