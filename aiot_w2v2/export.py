@@ -39,7 +39,14 @@ from torch.nn.utils import parametrize
 
 from .anomaly.clips import clip_windows
 from .anomaly.scorers import ENSEMBLE
-from .anomaly.scoring_model import ScoringModel, entry_key, load_scoring_model, pretrained_copies
+from .anomaly.scoring_model import (
+    SHARED,
+    ScoringModel,
+    embedder_skeleton,
+    entry_key,
+    load_scoring_model,
+    pretrained_copies,
+)
 from .quantize import quantize_dynamic_int8, quantize_static_int8
 
 log = logging.getLogger(__name__)
@@ -89,14 +96,16 @@ def narrow_model(model: ScoringModel, machines: Sequence[str] | None = None, sco
     entries = [meta.entries[i] for i in rows]
     keys_needed = sorted({meta.frontend_of(m) for m, _ in entries})
     new_meta = dataclasses.replace(meta, config=new_cfg, entries=entries, frontends=keys_needed)
-    return ScoringModel({k: model.frontends[k].model for k in keys_needed}, new_meta, stats).eval()
+    embedder = model.embedder if new_cfg.finetuned() and SHARED in keys_needed else None
+    return ScoringModel({k: model.frontends[k].model for k in keys_needed}, new_meta, stats, embedder).eval()
 
 
 def fold_weight_norm(model: ScoringModel) -> ScoringModel:
     """A copy with every parametrization (the positional conv's weight norm) replaced by its plain weight."""
     # A rebuilt copy, not copy.deepcopy: a deep copy shares the parametrized class with the original,
     # and removing the parametrization from the copy's class would break the original.
-    copy = ScoringModel(pretrained_copies(model.meta), model.meta, {k: v.clone() for k, v in model.stats().items()})
+    copy = ScoringModel(pretrained_copies(model.meta), model.meta, {k: v.clone() for k, v in model.stats().items()},
+                        embedder_skeleton(model.meta))
     copy.load_state_dict(model.state_dict(), strict=True)
     model = copy.eval()
     for module in model.modules():

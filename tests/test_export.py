@@ -19,14 +19,18 @@ from aiot_edge.cli import main as edge_main
 from aiot_edge.runtime import Scorer
 from conftest import save_tiny_pretraining_run
 
+from aiot_w2v2.anomaly.finetune import AnomalyFinetuneConfig
 from aiot_w2v2.anomaly.fit import fit_scoring
 from aiot_w2v2.anomaly.scoring_model import ScoringConfig, load_scoring_model
 from aiot_w2v2.cli import main as cli_main
 from aiot_w2v2.export import ExportError, check_parity, export_bundle, narrow_model, session
 from aiot_w2v2.synth import generate_dataset
 
+# every scorer, with a fine-tuned embedder for the learned one (a few updates: the export, not its quality)
 CFG = ScoringConfig(window_seconds=1.0, hop_seconds=0.5, folds=2, bank_frames=64, max_knn_windows=64,
-                    ensemble=("mahalanobis", "contrastive_bank"), decision_scorer="ensemble")
+                    ensemble=("mahalanobis", "contrastive_bank"), decision_scorer="ensemble",
+                    finetune=AnomalyFinetuneConfig(steps=3, batch_windows=4, crop_seconds=0.5, warmup_steps=1,
+                                                   embedding_dim=8, min_clips=2))
 CONTRACT = {"file", "machine", "machine_id", "window_start", "window_end", "scores", "score", "anomaly"}
 
 
@@ -69,6 +73,7 @@ def _windows(data: Path, seconds: float, n: int) -> np.ndarray:
 
 def test_onnx_matches_torch_with_dynamic_batch_and_length(fitted: Path, fp32_bundle: Path, data: Path) -> None:
     model = load_scoring_model(fitted)
+    assert model.embedder is not None and "learned" in model.meta.config.scorers  # the fine-tuned encoder too
     sess = session(fp32_bundle / "model.onnx")
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
     assert (inp.name, out.name) == ("audio", "scores")

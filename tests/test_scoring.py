@@ -19,6 +19,7 @@ from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
 from aiot_w2v2.anomaly.clips import ClipTooShort, clip_windows
 from aiot_w2v2.anomaly.evaluate import evaluate
+from aiot_w2v2.anomaly.finetune import AnomalyFinetuneConfig
 from aiot_w2v2.anomaly.fit import extract, fit_scoring
 from aiot_w2v2.anomaly.frontend import ScoringFrontend
 from aiot_w2v2.anomaly.scorers import score_windows, stack_stats
@@ -27,7 +28,11 @@ from aiot_w2v2.cli import main as cli_main
 from aiot_w2v2.config import ConfigError
 from aiot_w2v2.synth import generate_dataset
 
-CFG = ScoringConfig(window_seconds=1.0, hop_seconds=0.5, folds=2, bank_frames=64, max_knn_windows=64)
+# a few updates of fine-tuning on short crops: seconds, not minutes
+FAST_FINETUNE = AnomalyFinetuneConfig(steps=3, batch_windows=4, crop_seconds=0.5, warmup_steps=1, embedding_dim=8,
+                                      min_clips=2)
+CFG = ScoringConfig(window_seconds=1.0, hop_seconds=0.5, folds=2, bank_frames=64, max_knn_windows=64,
+                    finetune=FAST_FINETUNE)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,7 +54,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def fitted(run: Path, data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fitted") / "model"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the tests that refit and compare (fine-tuning's sums depend on the threads)
     fit_scoring(run, data, out, CFG, progress=False)
+    torch.set_num_threads(before)
     return out
 
 

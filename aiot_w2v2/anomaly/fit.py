@@ -1,7 +1,9 @@
 """`aiot-w2v2 fit`: fit the scorers of every machine ID on its normal training clips.
 
-One loop: read the clips (bad ones are reported and counted, never fatal), run the pretrained
-model once over every window (`ScoringFrontend`), then per machine ID
+One loop: with `finetune.steps` > 0 first fine-tune the learned scorer's embedder on every normal
+training clip (`finetune.py`; `MODEL/finetune` holds its resume state), then read the clips (bad ones
+are reported and counted, never fatal), run the model once over every window (`ScoringFrontend`), then
+per machine ID
 
 1. cross-fit: split its clips into `folds`, fit the statistics on the other folds and score the
    held-out windows with the same functions the `ScoringModel` runs; these out-of-fold scores of
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,8 @@ from ..model.wav2vec2 import Wav2Vec2ForPreTraining
 from ..train.state import CHECKPOINT_LAST
 from .adapt import adapt_model
 from .clips import batches, length_batches, read_windows
+from .embedder import AnomalyEmbedder
+from .finetune import finetune_embedder
 from .frontend import ScoringFrontend, WindowFeatures
 from .metrics import fit_threshold_info, id_key
 from .scorers import ENSEMBLE, fit_stats, score_windows, stack_stats
@@ -56,6 +60,7 @@ class _Window:
     targets: np.ndarray  # (T, F)
     context: np.ndarray  # (T, F)
     self_loss: np.ndarray  # (T,)
+    learned: np.ndarray  # (L,)
 
 
 def resolve_checkpoint(run: str | Path) -> Path:
@@ -79,8 +84,9 @@ def _bank(windows: list[_Window], n: int, rng: np.random.Generator) -> tuple[np.
 def _fit(windows: list[_Window], cfg: ScoringConfig, num_vars: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     bank_t, bank_c = _bank(windows, cfg.bank_frames, rng)
+    learned = np.stack([w.learned for w in windows]) if "learned" in cfg.scorers else None
     return fit_stats(np.stack([w.embedding for w in windows]), [w.codes for w in windows], bank_t, bank_c,
-                     num_vars, cfg.code_smoothing, cfg.max_knn_windows, rng, cfg.mahalanobis_shrinkage)
+                     num_vars, cfg.code_smoothing, cfg.max_knn_windows, rng, cfg.mahalanobis_shrinkage, learned)
 
 
 def _score(frontend: ScoringFrontend, stats: dict[str, np.ndarray], windows: list[_Window],
@@ -101,12 +107,15 @@ def _features_of(windows: list[_Window]) -> WindowFeatures:
                           torch.from_numpy(np.stack([w.codes for w in windows])),
                           torch.from_numpy(np.stack([w.context for w in windows])),
                           torch.from_numpy(np.stack([w.targets for w in windows])),
-                          torch.from_numpy(np.stack([w.self_loss for w in windows])))
+                          torch.from_numpy(np.stack([w.self_loss for w in windows])),
+                          torch.from_numpy(np.stack([w.learned for w in windows])))
 
 
 def fit_scoring(run: str | Path, data_dirs: list[str | Path] | str | Path, out: str | Path,
-                cfg: ScoringConfig | None = None, progress: bool = True) -> ScoringModel:
-    """Fit the scorers on the normal training clips under `data_dirs`; save and return the model."""
+                cfg: ScoringConfig | None = None, progress: bool = True, resume: bool = False) -> ScoringModel:
+    """Fit the scorers on the normal training clips under `data_dirs`; save and return the model.
+
+    `resume`: continue the fine-tuning state in `out/finetune` (an interrupted fit) instead of restarting it."""
     cfg = (cfg or ScoringConfig()).validate()
     t0 = time.time()
     ckpt = resolve_checkpoint(run)
@@ -147,6 +156,16 @@ def fit_scoring(run: str | Path, data_dirs: list[str | Path] | str | Path, out: 
         raise ConfigError(f"window_seconds {cfg.window_seconds:g}: these settings need windows of at least "
                           f"{shortest / sr:.3f} s (two mask spans, two energy_smoothing_ms periods, one mel_fft, "
                           "two kurtosis frames)")
+
+    embedder: AnomalyEmbedder | None = None
+    finetuned: dict | None = None
+    if cfg.finetuned():
+        embedder, ft_summary = finetune_embedder(
+            pretrained, pcfg, list(train["path"]), _class_keys(train, cfg),
+            [entry_key(str(m), str(i)) for m, i in zip(train["machine"], train["machine_id"], strict=True)],
+            cfg.finetune, out, resume=resume, progress=progress)
+        finetuned = asdict(ft_summary)
+        frontends = {key: make_frontend(m, cfg, embedder) for key, m in models.items()}
 
     num_vars = pretrained.quantizer.num_vars
     per_entry_stats, thresholds, calibration, counts = [], {}, {}, {}
@@ -208,9 +227,10 @@ def fit_scoring(run: str | Path, data_dirs: list[str | Path] | str | Path, out: 
                 training_curves=str((ckpt.parent / "training_curves.png").resolve())
                 if (ckpt.parent / "training_curves.png").exists() else None,
                 data=[str(Path(d).resolve()) for d in dirs],
-                counts=counts, failed_files=all_errors, adapted=adapted, seconds=round(time.time() - t0, 1))
+                counts=counts, failed_files=all_errors, adapted=adapted, finetune=finetuned,
+                seconds=round(time.time() - t0, 1))
     meta = ScoringMeta(cfg, pcfg, entries, sr, thresholds, calibration, info, frontends=sorted(models))
-    model = ScoringModel(models, meta, stack_stats(per_entry_stats)).eval()
+    model = ScoringModel(models, meta, stack_stats(per_entry_stats), embedder).eval()
     save_scoring_model(model, out)
     if progress:
         _print_fit_summary(meta, Path(out))
@@ -231,10 +251,18 @@ def extract(frontend: ScoringFrontend, paths: list[str], window: int, hop: int, 
             for j, i in enumerate(idx):
                 per_clip[owner[i]].append(_Window(owner[i], f.embedding[j].numpy(), f.codes[j].numpy(),
                                                   f.targets[j].numpy(), f.context[j].numpy(),
-                                                  f.self_loss[j].numpy()))
+                                                  f.self_loss[j].numpy(), f.learned[j].numpy()))
             bar.update(len(idx))
     bar.close()
     return per_clip, errors
+
+
+def _class_keys(train: pd.DataFrame, cfg: ScoringConfig) -> list[str]:
+    """Each clip's metadata class for fine-tuning: machine/ID, and its DCASE 2021+ domain when given."""
+    keys = [entry_key(str(m), str(i)) for m, i in zip(train["machine"], train["machine_id"], strict=True)]
+    if cfg.finetune.domain_classes and "domain" in train:
+        keys = [k if d is None or pd.isna(d) else f"{k}/{d}" for k, d in zip(keys, train["domain"], strict=True)]
+    return keys
 
 
 def _print_fit_summary(meta: ScoringMeta, out: Path) -> None:

@@ -25,6 +25,10 @@
   `kurtosis_fft`-point Hann-windowed power spectra every `kurtosis_hop_ms` (a second STFT node), and per
   band log(mean P^2 / (mean P)^2) over the window: log 1 = 0 for a steady band, larger when short bursts
   (impacts, slaps, crackle) carry its energy. Also not wav2vec 2.0.
+- `learned` (B, L): what the network learned, with no fixed signal processing: the fine-tuned
+  `AnomalyEmbedder`'s pooled embedding of the conv features when the model has one (`anomaly/finetune.py`),
+  else the mean and standard deviation over time of the pretrained Transformer's final state; (B, 0)
+  when no scorer reads it (`learned=False`).
 - `codes` (B, T, G): the quantizer's code per frame and group (argmax, as in evaluation).
 - `context` (B, T, F) and `targets` (B, T, F), unit length: the contrastive prediction of every
   frame, from the pass in which that frame was masked, and its quantized target. Masks are fixed:
@@ -49,6 +53,7 @@ from torchaudio.functional import melscale_fbanks
 
 from ..model.feature_encoder import receptive_field
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
+from .embedder import AnomalyEmbedder
 
 _EPS = 1e-10
 
@@ -60,6 +65,7 @@ class WindowFeatures:
     context: Tensor  # (B, T, F) unit length
     targets: Tensor  # (B, T, F) unit length
     self_loss: Tensor  # (B, T)
+    learned: Tensor  # (B, L); L = 0 when not computed
 
 
 def parse_layer(name: str, num_conv: int, num_transformer: int) -> tuple[str, int]:
@@ -83,7 +89,8 @@ class ScoringFrontend(nn.Module):
                  envelope_frame_ms: float = 10.0, envelope_lags_ms: tuple[float, ...] = (),
                  sample_rate: int = 16000, codes: bool = True, mel_bins: int = 0, mel_fft: int = 1024,
                  mel_hop_ms: float = 20.0, kurtosis_bands: int = 0, kurtosis_fft: int = 256,
-                 kurtosis_hop_ms: float = 4.0) -> None:
+                 kurtosis_hop_ms: float = 4.0, learned: bool = False,
+                 embedder: AnomalyEmbedder | None = None) -> None:
         super().__init__()
         if model.quantizer is None:
             raise ValueError("the scorers need a model with its quantizer (a pretraining checkpoint)")
@@ -101,6 +108,10 @@ class ScoringFrontend(nn.Module):
         # False with a conv embedding: stop after that conv layer (codes, context, targets have no frames);
         # a bundle of embedding scorers alone then runs one or a few convs instead of the whole model.
         self.codes = codes or self.kind != "conv"
+        # The learned embedding needs the whole conv stack; `embedder` None: the pretrained Transformer's states.
+        self.learned = learned
+        self.embedder = embedder if learned else None
+        self.full_stack = self.codes or learned
         self.logit_temp = model.loss_config.logit_temp
         if energy_smoothing_ms <= 0:
             raise ValueError(f"energy_smoothing_ms must be > 0, got {energy_smoothing_ms}")
@@ -237,7 +248,7 @@ class ScoringFrontend(nn.Module):
                 pre_tm = pre.transpose(1, 2)
             if self.kind == "conv" and i == self.layer:
                 tap = pre_tm
-                if not self.codes:
+                if not self.full_stack:
                     break
         feats = x if time_major else x.transpose(1, 2)  # (B, T, C)
         return feats, tap
@@ -271,17 +282,25 @@ class ScoringFrontend(nn.Module):
     def forward(self, audio: Tensor) -> WindowFeatures:
         w2v = self.model.wav2vec2
         feats, tap = self._conv_stack(audio)
+        B = audio.shape[0]
+        learned = audio.new_zeros(B, 0)
+        if self.embedder is not None:
+            learned = self.embedder(feats)  # (B, L)
         if not self.codes:  # the embedding alone: empty frame tensors keep WindowFeatures' shapes
             embedding = self._embedding(audio, tap)
-            B = audio.shape[0]
             q = self.model.quantizer
             dim = self.model.final_proj.out_features
+            if self.learned and self.embedder is None:
+                learned = self._transformer_states(feats)
             return WindowFeatures(embedding, torch.zeros(B, 0, q.num_groups, dtype=torch.long, device=audio.device),
                                   embedding.new_zeros(B, 0, dim), embedding.new_zeros(B, 0, dim),
-                                  embedding.new_zeros(B, 0))
+                                  embedding.new_zeros(B, 0), learned)
+        conv_out = feats
         feats = w2v.layer_norm(feats)  # (B, T, C): quantizer input
         projected = w2v.post_extract_proj(feats) if w2v.post_extract_proj is not None else feats  # (B, T, D)
-        B, T, _ = feats.shape
+        T = feats.shape[1]
+        if self.learned and self.embedder is None:
+            learned = self._transformer_states(conv_out)
 
         # Targets: hard codes (argmax) of every frame, as the quantizer in evaluation mode.
         q = self.model.quantizer
@@ -298,7 +317,8 @@ class ScoringFrontend(nn.Module):
             h = w2v.encoder(projected, None, num_layers=self.layer)[self.layer]  # (B, T, D)
             embedding = self._embedding(audio, torch.cat([h.mean(1), h.std(1)], 1))
         if not self.contrastive:
-            return WindowFeatures(embedding, codes, torch.zeros_like(targets), targets, targets.new_zeros(B, T))
+            return WindowFeatures(embedding, codes, torch.zeros_like(targets), targets, targets.new_zeros(B, T),
+                                  learned)
 
         # Fixed span masks: frame t is masked in pass (t // span) % patterns.
         t = torch.arange(T, device=audio.device)
@@ -320,4 +340,12 @@ class ScoringFrontend(nn.Module):
         sim = sim.masked_fill(same & ~eye, float("-inf"))
         self_loss = -(pos - torch.logsumexp(sim, dim=2))  # (B, T)
 
-        return WindowFeatures(embedding, codes, context, targets, self_loss)
+        return WindowFeatures(embedding, codes, context, targets, self_loss, learned)
+
+    def _transformer_states(self, conv_out: Tensor) -> Tensor:
+        """conv features (B, T, C) -> (B, 2D): mean and std over time of the pretrained final Transformer state."""
+        w2v = self.model.wav2vec2
+        x = w2v.layer_norm(conv_out)
+        x = w2v.post_extract_proj(x) if w2v.post_extract_proj is not None else x
+        h = w2v.encoder(x, None)[-1]  # (B, T, D)
+        return torch.cat([h.mean(1), h.std(1)], 1)

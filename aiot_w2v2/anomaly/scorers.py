@@ -16,6 +16,12 @@ along the first axis). The scores are plain tensor math, so `ScoringModel` trace
 - `knn`               1 - mean cosine similarity to the k nearest normal embeddings (standardised).
 - `mahalanobis`       Mahalanobis distance of the embedding (covariance shrunk towards a scaled identity,
                       `mahalanobis_shrinkage`; Ledoit-Wolf with null; scikit-learn).
+- `learned`           what the network learned alone: 1 - cosine similarity to the nearest normal window's
+                      `learned` embedding (the fine-tuned pooled embedding, or the pretrained Transformer's
+                      states), after standardising like `knn`. No log-mel, kurtosis or energy statistics.
+- `spectral`          the fixed signal-processing branch alone: the Mahalanobis distance of a `conv<i>`
+                      embedding (conv energies, rhythm, log-mel, spectral kurtosis); the same statistics
+                      and value as `mahalanobis` with such an embedding, under the name reports compare.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from torch import Tensor
 
 from .frontend import WindowFeatures
 
-SCORERS = ("contrastive", "contrastive_bank", "code_unigram", "code_bigram", "code_hist", "knn", "mahalanobis")
+SCORERS = ("contrastive", "contrastive_bank", "code_unigram", "code_bigram", "code_hist", "knn", "mahalanobis",
+           "learned", "spectral")
 ENSEMBLE = "ensemble"
-EMBEDDING_SCORERS = ("knn", "mahalanobis")  # need only the frontend's embedding
+EMBEDDING_SCORERS = ("knn", "mahalanobis", "learned", "spectral")  # need no codes, contrastive passes or targets
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -38,8 +45,9 @@ EMBEDDING_SCORERS = ("knn", "mahalanobis")  # need only the frontend's embedding
 
 def fit_stats(embeddings: np.ndarray, codes: list[np.ndarray], bank_targets: np.ndarray, bank_codes: np.ndarray,
               num_vars: int, smoothing: float, max_knn: int, rng: np.random.Generator,
-              shrinkage: float | None = None) -> dict[str, np.ndarray]:
-    """embeddings (N, D); codes: per window (T, G) ints; bank_targets (Nb, F), bank_codes (Nb, G).
+              shrinkage: float | None = None, learned: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """embeddings (N, D); codes: per window (T, G) ints; bank_targets (Nb, F), bank_codes (Nb, G);
+    learned (N, L) the `learned` embeddings (None: the scorer is not fitted).
 
     `shrinkage`: of the Mahalanobis covariance towards a scaled identity; None = Ledoit-Wolf's estimate.
     A small value makes the distance mostly the residual outside the subspace normal windows span.
@@ -67,7 +75,8 @@ def fit_stats(embeddings: np.ndarray, codes: list[np.ndarray], bank_targets: np.
     bank = z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-8)
     lw = LedoitWolf() if shrinkage is None else ShrunkCovariance(shrinkage=shrinkage)
     lw.fit(embeddings.astype(np.float64))
-    return dict(
+    extra = {} if learned is None else _fit_learned(learned, max_knn, rng)
+    return extra | dict(
         uni_logp=np.log(uni_p).astype(np.float32),
         big_logp=np.log(big_p).astype(np.float32),
         hist_ref=uni_p.astype(np.float32),
@@ -78,12 +87,22 @@ def fit_stats(embeddings: np.ndarray, codes: list[np.ndarray], bank_targets: np.
     )
 
 
+def _fit_learned(learned: np.ndarray, max_knn: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The `learned` scorer's bank: standardised, unit-length normal embeddings (at most `max_knn`)."""
+    mu, sd = learned.mean(0), learned.std(0) + 1e-6
+    z = (learned - mu) / sd
+    if z.shape[0] > max_knn:
+        z = z[np.sort(rng.choice(z.shape[0], max_knn, replace=False))]
+    bank = z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-8)
+    return dict(lrn_mean=mu.astype(np.float32), lrn_std=sd.astype(np.float32), lrn_bank=bank.astype(np.float32))
+
+
 def stack_stats(per_entry: list[dict[str, np.ndarray]]) -> dict[str, Tensor]:
     """Stack E machine IDs' statistics; banks of different sizes are padded (`*_valid` says which rows count)."""
     out: dict[str, Tensor] = {}
     for key in per_entry[0]:
         arrays = [s[key] for s in per_entry]
-        if key in ("knn_bank", "bank_targets", "bank_codes"):
+        if key in ("knn_bank", "bank_targets", "bank_codes", "lrn_bank"):
             n = max(a.shape[0] for a in arrays)
             padded = np.zeros((len(arrays), n) + arrays[0].shape[1:], dtype=arrays[0].dtype)
             valid = np.zeros((len(arrays), n), dtype=bool)
@@ -109,11 +128,19 @@ def _aggregate(frame_scores: Tensor, topk: int) -> Tensor:
     return frame_scores.mean(-1)
 
 
+def _nearest(x: Tensor, mean: Tensor, std: Tensor, bank: Tensor, valid: Tensor, k: int) -> Tensor:
+    """1 - mean cosine similarity of standardised x (B, D) to its k nearest rows of each entry's bank -> (B, E)."""
+    z = (x[:, None] - mean[None]) / std[None]  # (B, E, D)
+    z = torch.nn.functional.normalize(z, dim=-1, eps=1e-8)
+    sim = torch.einsum("bed,end->ben", z, bank).masked_fill(~valid[None], -2.0)
+    return 1.0 - sim.topk(k, dim=-1).values.mean(-1)
+
+
 def score_windows(f: WindowFeatures, s: dict[str, Tensor], scorers: tuple[str, ...], logit_temp: float,
                   knn_k: int = 1, topk: int = 0) -> dict[str, Tensor]:
     """Every scorer in `scorers` (names from SCORERS) -> (B, E) scores."""
     B, T, G = f.codes.shape
-    E = s["uni_logp"].shape[0]
+    E = s["maha_mean"].shape[0]
     out: dict[str, Tensor] = {}
     if "contrastive" in scorers:
         out["contrastive"] = _aggregate(f.self_loss, topk)[:, None].expand(B, E)
@@ -145,11 +172,11 @@ def score_windows(f: WindowFeatures, s: dict[str, Tensor], scorers: tuple[str, .
         kl = lambda a, b: (a * (torch.log(a + 1e-12) - torch.log(b + 1e-12))).sum(-1)  # noqa: E731
         out["code_hist"] = (0.5 * kl(p, m) + 0.5 * kl(q, m)).sum(-1)  # (B, E)
     if "knn" in scorers:
-        z = (f.embedding[:, None] - s["emb_mean"][None]) / s["emb_std"][None]  # (B, E, D)
-        z = torch.nn.functional.normalize(z, dim=-1, eps=1e-8)
-        sim = torch.einsum("bed,end->ben", z, s["knn_bank"]).masked_fill(~s["knn_valid"][None], -2.0)
-        out["knn"] = 1.0 - sim.topk(knn_k, dim=-1).values.mean(-1)
-    if "mahalanobis" in scorers:
+        out["knn"] = _nearest(f.embedding, s["emb_mean"], s["emb_std"], s["knn_bank"], s["knn_valid"], knn_k)
+    if "mahalanobis" in scorers or "spectral" in scorers:
         d = f.embedding[:, None] - s["maha_mean"][None]  # (B, E, D)
-        out["mahalanobis"] = torch.sqrt(torch.einsum("bed,edk,bek->be", d, s["maha_prec"], d).clamp(min=0.0))
+        maha = torch.sqrt(torch.einsum("bed,edk,bek->be", d, s["maha_prec"], d).clamp(min=0.0))
+        out.update({name: maha for name in ("mahalanobis", "spectral") if name in scorers})
+    if "learned" in scorers:
+        out["learned"] = _nearest(f.learned, s["lrn_mean"], s["lrn_std"], s["lrn_bank"], s["lrn_valid"], knn_k)
     return out

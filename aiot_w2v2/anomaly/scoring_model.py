@@ -23,7 +23,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..config import ConfigError, PretrainConfig, from_dict, load_yaml, merge, parse_overrides, to_dict
-from ..model.wav2vec2 import Wav2Vec2ForPreTraining
+from ..model.wav2vec2 import Wav2Vec2ForPreTraining, Wav2Vec2Model
+from .embedder import AnomalyEmbedder
+from .finetune import AnomalyFinetuneConfig
 from .frontend import ScoringFrontend, WindowFeatures
 from .scorers import EMBEDDING_SCORERS, ENSEMBLE, SCORERS, score_windows
 
@@ -87,6 +89,9 @@ class ScoringConfig:
     # machine type then gets its own copy of the model (a bundle for one machine carries one).
     adapt_steps: int = 0
     adapt_lr: float = 1e-4
+    # Anomaly fine-tuning before fitting (`finetune.steps` 0 = off): the `learned` scorer's embedding
+    # (anomaly/finetune.py). Only with the shared model (not with adapt_steps).
+    finetune: AnomalyFinetuneConfig = AnomalyFinetuneConfig()
     threshold_percentile: float = 0.9  # gamma fit (DCASE baseline)
     batch_windows: int = 32
     seed: int = 0
@@ -123,7 +128,18 @@ class ScoringConfig:
             raise ConfigError(f"adapt_steps must be >= 0 and adapt_lr > 0, got {self.adapt_steps}, {self.adapt_lr}")
         if self.contrastive_topk < 0 or self.code_smoothing <= 0:
             raise ConfigError("contrastive_topk must be >= 0 and code_smoothing > 0")
+        if "spectral" in self.scorers and not self.embedding_layer.startswith("conv"):
+            raise ConfigError(f"the spectral scorer reads a conv<i> embedding (fixed statistics); embedding_layer "
+                              f"{self.embedding_layer!r} is learned: drop spectral from scorers")
+        if self.finetuned() and self.adapt_steps > 0:
+            raise ConfigError("finetune.steps and adapt_steps: one or the other (fine-tuning trains one embedder "
+                              "shared by every machine type)")
+        self.finetune.validate()
         return self
+
+    def finetuned(self) -> bool:
+        """Whether `fit` fine-tunes an embedder (the learned scorer reads it)."""
+        return self.finetune.steps > 0 and "learned" in self.scorers
 
     def _check_spectrogram(self, bands_key: str, fft_key: str, hop_key: str) -> None:
         """A spectrogram branch's bands: 0 (off) or 2..n_fft/2+1, with n_fft >= 16 and a positive hop."""
@@ -148,7 +164,8 @@ class ScoringConfig:
 LEGACY_DEFAULTS = {"envelope_bands": 0, "envelope_frame_ms": ScoringConfig.envelope_frame_ms,
                    "envelope_lags_ms": list(ScoringConfig.envelope_lags_ms), "mel_bins": 0,
                    "mel_fft": ScoringConfig.mel_fft, "mel_hop_ms": ScoringConfig.mel_hop_ms, "kurtosis_bands": 0,
-                   "kurtosis_fft": ScoringConfig.kurtosis_fft, "kurtosis_hop_ms": ScoringConfig.kurtosis_hop_ms}
+                   "kurtosis_fft": ScoringConfig.kurtosis_fft, "kurtosis_hop_ms": ScoringConfig.kurtosis_hop_ms,
+                   "finetune": {"steps": 0}}
 
 
 @dataclass
@@ -192,14 +209,15 @@ def load_scoring_config(path: str | Path | None = None, overrides: list[str] | N
     return from_dict(ScoringConfig, data, "scoring").validate()
 
 
-def make_frontend(model: Wav2Vec2ForPreTraining, cfg: ScoringConfig) -> ScoringFrontend:
-    """The frontend `cfg` describes, over `model`."""
+def make_frontend(model: Wav2Vec2ForPreTraining, cfg: ScoringConfig,
+                  embedder: AnomalyEmbedder | None = None) -> ScoringFrontend:
+    """The frontend `cfg` describes, over `model` [and the fine-tuned `embedder` of the learned scorer]."""
     return ScoringFrontend(model, cfg.embedding_layer, cfg.embedding_level, cfg.mask_span, cfg.mask_patterns,
                            cfg.needs_contrastive(), cfg.energy_smoothing_ms, cfg.envelope_bands,
                            cfg.envelope_frame_ms, tuple(cfg.envelope_lags_ms), codes=cfg.needs_codes(),
                            mel_bins=cfg.mel_bins, mel_fft=cfg.mel_fft, mel_hop_ms=cfg.mel_hop_ms,
                            kurtosis_bands=cfg.kurtosis_bands, kurtosis_fft=cfg.kurtosis_fft,
-                           kurtosis_hop_ms=cfg.kurtosis_hop_ms)
+                           kurtosis_hop_ms=cfg.kurtosis_hop_ms, learned="learned" in cfg.scorers, embedder=embedder)
 
 
 def entry_key(machine: str, machine_id: str) -> str:
@@ -210,18 +228,21 @@ class ScoringModel(nn.Module):
     """audio (B, S) float32 at 16 kHz -> scores (B, len(entries) * n_columns), higher = more anomalous.
 
     `pretrained` is one model shared by every machine ID, or a dict {frontend key: model} with the keys
-    of `meta.frontends` (machine types adapted by continued pretraining, and/or SHARED).
+    of `meta.frontends` (machine types adapted by continued pretraining, and/or SHARED). `embedder`: the
+    fine-tuned embedding of the learned scorer (with the shared model only).
     """
 
     def __init__(self, pretrained: Wav2Vec2ForPreTraining | Mapping[str, Wav2Vec2ForPreTraining], meta: ScoringMeta,
-                 stats: dict[str, Tensor]) -> None:
+                 stats: dict[str, Tensor], embedder: AnomalyEmbedder | None = None) -> None:
         super().__init__()
         cfg = meta.config
         self.meta = meta
         models = {SHARED: pretrained} if isinstance(pretrained, nn.Module) else dict(pretrained)
         if sorted(models) != sorted(meta.frontends):
             raise ValueError(f"pretrained models for {sorted(models)}, but the meta lists {sorted(meta.frontends)}")
-        self.frontends = nn.ModuleDict({key: make_frontend(models[key], cfg) for key in meta.frontends})
+        if embedder is not None and list(models) != [SHARED]:
+            raise ValueError("a fine-tuned embedder goes with the shared model only")
+        self.frontends = nn.ModuleDict({key: make_frontend(models[key], cfg, embedder) for key in meta.frontends})
         # Runs of consecutive entries scored by the same frontend: (key, first entry, end).
         self.runs: list[tuple[str, int, int]] = []
         for e, (machine, _) in enumerate(meta.entries):
@@ -246,6 +267,11 @@ class ScoringModel(nn.Module):
         self.register_buffer("cal_mean", mean)
         self.register_buffer("cal_std", std)
         self.columns = [f"{entry_key(m, i)}/{s}" for m, i in meta.entries for s in per_entry]
+
+    @property
+    def embedder(self) -> AnomalyEmbedder | None:
+        """The fine-tuned embedder of the learned scorer, if any (it lives in the shared frontend)."""
+        return self.frontends[SHARED].embedder if SHARED in self.frontends else None
 
     @property
     def frontend(self) -> ScoringFrontend:
@@ -327,12 +353,19 @@ def pretrained_copies(meta: ScoringMeta) -> dict[str, Wav2Vec2ForPreTraining]:
     return {key: Wav2Vec2ForPreTraining(pc.model, pc.masking, pc.loss) for key in meta.frontends}
 
 
+def embedder_skeleton(meta: ScoringMeta) -> AnomalyEmbedder | None:
+    """A freshly initialised embedder of `meta`'s shape (to load fine-tuned weights into); None if not fine-tuned."""
+    if not meta.config.finetuned():
+        return None
+    return AnomalyEmbedder(Wav2Vec2Model(meta.pretrain.model), meta.config.finetune.embedding_dim)
+
+
 def load_scoring_model(path: str | Path) -> ScoringModel:
     """Rebuild a `ScoringModel` from a folder written by `save_scoring_model` (strict, eval mode)."""
     p = Path(path)
     meta = read_meta(p)
     state = load_file(str(p / WEIGHTS))
     stats = {k[len("stat_"):]: v for k, v in state.items() if k.startswith("stat_")}
-    model = ScoringModel(pretrained_copies(meta), meta, stats)
+    model = ScoringModel(pretrained_copies(meta), meta, stats, embedder_skeleton(meta))
     model.load_state_dict(state, strict=True)
     return model.eval()
