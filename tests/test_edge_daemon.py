@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -246,3 +247,20 @@ def test_a_dead_mqtt_thread_ends_the_daemon_with_an_error(tmp_path, brokers, run
     d = run_daemon(cfg, FedSource())
     assert d.join(15) == 1
     assert "MQTT network thread died" in caplog.text
+
+
+def test_a_file_redone_after_a_crash_raises_the_same_event_ids(tmp_path, brokers, subscribers, daemons,
+                                                               tiny_bundle) -> None:
+    # A file re-done after a crash re-raised its alerts with new random ids; dashboards showed them twice.
+    broker = brokers().start()
+    sub = subscribers(broker, topics="aiot/+/+/alert")
+    clip = write_wav(tmp_path / "loud.wav", pattern_signal(3))
+    runs = []
+    for i in range(2):  # two runs with fresh spools: what a crash between scoring and the state save replays
+        d = daemons("--config", str(_config(tmp_path, tiny_bundle, broker.port)), "--source", f"file:{clip}",
+                    "--spool", str(tmp_path / f"spool{i}.db"), "--once")
+        assert d.wait(20) == 0, d.log()
+        wait_for(lambda n=3 * (i + 1): len(sub.on("/alert")) == n, what="alerts of the run")
+        runs.append([m.json()["event_id"] for m in sub.on("/alert")][3 * i:])
+    assert runs[0] == runs[1] and len(set(runs[0])) == 3
+    assert all(uuid.UUID(e).version == 5 for e in runs[0])

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 
 import pytest
-from aiot_edge.decision import DecisionEngine, Event
+from aiot_edge.decision import DecisionEngine, Event, event_id
 
 
 def counter_ids():
@@ -109,3 +110,12 @@ def test_invalid_settings(kwargs: dict) -> None:
 def test_non_finite_score_is_an_error() -> None:
     with pytest.raises(ValueError, match="finite"):
         DecisionEngine(1.0).update(float("nan"), ts=0.0)
+
+
+def test_event_id_is_a_uuid5_of_bundle_source_window_and_machine() -> None:
+    base = dict(bundle_sha256="ab" * 32, source="/data/a.wav:1000:123", window_start=16000, machine="fan/id_00")
+    first = event_id(**base)
+    assert first == event_id(**base) and uuid.UUID(first).version == 5
+    for key, other in (("bundle_sha256", "cd" * 32), ("source", "/data/a.wav:1000:124"), ("window_start", 16001),
+                       ("machine", "fan/id_02")):
+        assert event_id(**{**base, key: other}) != first, key

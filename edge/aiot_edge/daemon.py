@@ -26,6 +26,7 @@ daemon stops by itself when the source is exhausted *and* the spool is empty, an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import json
 import logging
@@ -45,7 +46,7 @@ from . import __version__
 from .broker import BrokerUnavailable, EmbeddedBroker
 from .bundle import Bundle, BundleError, MachineSpec
 from .config import ConfigError, EdgeConfig, parse_broker_url
-from .decision import DecisionEngine, Event
+from .decision import DecisionEngine, Event, event_id
 from .health import Counters, Watchdog, sd_notify, write_status
 from .logs import fields
 from .mqtt import Publisher, Topics, ha_discovery_messages
@@ -254,6 +255,7 @@ class Daemon:
     def _loop(self, reader: _ChunkReader) -> int:
         assert self.publisher is not None and self.spool is not None
         self._stream_base = 0.0  # audio-clock seconds before the current stream
+        self._started_at = time.time_ns()
         self._telemetry: dict[str, float] = {}
         self._telemetry_span: list[float] = []
         now = time.monotonic()
@@ -343,6 +345,10 @@ class Daemon:
                 continue  # the runtime already warned; a NaN window never alerts
             event = self.engine.update(score, clock, window_start, window_end)
             if event is not None:
+                # A live stream cannot be replayed: the daemon's start time tells its runs apart.
+                identity = chunk.identity or f"{chunk.source}@{self._started_at}"
+                event = dataclasses.replace(event, event_id=event_id(self.bundle.sha256, identity, start,
+                                                                     self.spec.key))
                 self._raise(event, chunk.source)
 
     def _raise(self, event: Event, source: str) -> None:

@@ -36,15 +36,29 @@ from typing import Any, Literal
 Severity = Literal["warning", "critical"]
 
 
+# Namespace of alert event ids (a fixed, random UUID: changing it changes every id ever derived).
+EVENT_NAMESPACE = uuid.UUID("6b1f3c2e-9d4a-5e07-8c61-2f0a9b7d4e15")
+
+
 def _uuid4() -> str:
     return str(uuid.uuid4())
+
+
+def event_id(bundle_sha256: str, source: str, window_start: int, machine: str) -> str:
+    """The alert's id: a UUID 5 of (bundle sha256, source file identity, window start in samples, machine).
+
+    The same window of the same file scored with the same bundle for the same machine always gets
+    the same id, so an alert replayed after a crash is recognisable as the same event
+    (ARCHITECTURE.md 4.5). `source` should identify the file's content, e.g. path, size and mtime.
+    """
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{bundle_sha256}\n{source}\n{int(window_start)}\n{machine}"))
 
 
 @dataclass(frozen=True)
 class Event:
     """One alert: what the daemon spools and publishes (it adds device, machine, scorer, model)."""
 
-    event_id: str  # UUID, so consumers can de-duplicate at-least-once delivery
+    event_id: str  # UUID, so consumers can de-duplicate at-least-once delivery (the daemon uses `event_id()`)
     ts: float  # timestamp of the triggering window, as passed to `update`
     score: float  # the triggering window's score
     threshold: float

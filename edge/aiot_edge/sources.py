@@ -55,6 +55,7 @@ class Chunk:
     source: str  # the file path, "stdin" or "alsa:<device>"
     start_time: float | None  # seconds from the start of this stream to samples[0]
     end_of_stream: bool = False  # last chunk of this file / stream
+    identity: str | None = None  # for files: "path:size:mtime_ns", what alert event ids are derived from
 
 
 class Source(ABC):
@@ -90,11 +91,19 @@ class Source(ABC):
         """Chunks until exhausted or stopped."""
 
 
-def _file_chunks(path: str, x: np.ndarray, sample_rate: int, chunk_size: int) -> Iterator[Chunk]:
+def file_identity(path: str | os.PathLike[str], size: int | None = None, mtime_ns: int | None = None) -> str:
+    """`path:size:mtime_ns`: the same recording gives the same string after a restart, a changed one does not."""
+    if size is None or mtime_ns is None:
+        st = os.stat(path)
+        size, mtime_ns = st.st_size, st.st_mtime_ns
+    return f"{os.path.abspath(path)}:{size}:{mtime_ns}"
+
+
+def _file_chunks(path: str, x: np.ndarray, sample_rate: int, chunk_size: int, identity: str) -> Iterator[Chunk]:
     """Cut one decoded file into chunks; the last carries end_of_stream."""
     for start in range(0, x.shape[0], chunk_size):
         stop = min(start + chunk_size, x.shape[0])
-        yield Chunk(x[start:stop], path, start / sample_rate, end_of_stream=stop == x.shape[0])
+        yield Chunk(x[start:stop], path, start / sample_rate, end_of_stream=stop == x.shape[0], identity=identity)
 
 
 class FileSource(Source):
@@ -116,6 +125,7 @@ class FileSource(Source):
             if self.stopped:
                 return
             try:
+                identity = file_identity(path)
                 x = read_audio(path, self.sample_rate)
             except AudioFormatError as err:
                 log.error("skipping %s", err)
@@ -125,7 +135,7 @@ class FileSource(Source):
                 log.error("skipping %s: %s: %s", path, type(err).__name__, err)
                 self.failed.append((path, f"{type(err).__name__}: {err}"))
                 continue
-            for chunk in _file_chunks(path, x, self.sample_rate, self.chunk_size):
+            for chunk in _file_chunks(path, x, self.sample_rate, self.chunk_size, identity):
                 if self.stopped:
                     return
                 yield chunk
@@ -240,7 +250,8 @@ class FolderSource(Source):
             log.error("skipping file %s: %s", path, reason)
             self._record(name, size, mtime_ns, "failed", reason)
             return
-        for chunk in _file_chunks(str(path), x, self.sample_rate, self.chunk_size):
+        for chunk in _file_chunks(str(path), x, self.sample_rate, self.chunk_size,
+                                  file_identity(path, size, mtime_ns)):
             if self.stopped:
                 return  # not recorded: redone after a restart
             yield chunk
