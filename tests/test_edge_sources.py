@@ -264,6 +264,23 @@ def test_folder_state_on_a_full_disk_is_kept_in_memory_and_retried(tmp_path: Pat
     assert set(json.loads(state.read_text())["files"]) == {"a.wav", "b.wav"}
 
 
+def test_a_partly_copied_wav_is_refused_then_scored_once_complete(tmp_path: Path, caplog) -> None:
+    # A slow copy was scored while it grew (43 windows for a 19-window file).
+    full = write_wav(tmp_path / "src.wav", tone(SR, 1.9, 500.0))
+    data = full.read_bytes()
+    watched = tmp_path / "w"
+    watched.mkdir()
+    part = watched / "rec.wav"
+    part.write_bytes(data[: len(data) // 2])  # the header says 1.9 s, half of the samples are there
+    with pytest.raises(AudioFormatError, match="shorter than its header says"):
+        read_audio(part, SR)
+    src = FolderSource(watched, tmp_path / "s.json", SR, settle_s=0.0, stop_when_idle=True)
+    assert list(src) == [] and src.failed[0][0] == "rec.wav"
+    part.write_bytes(data)  # the copy finishes: the file changed, so it is taken again
+    samples = sum(c.samples.shape[0] for c in src)
+    assert samples == int(1.9 * SR) and src.done == ["rec.wav"]
+
+
 @pytest.mark.parametrize("rate", [1, 999, 384_001])
 def test_audio_refuses_a_sample_rate_outside_the_sane_range(tmp_path: Path, rate: int) -> None:
     # A header claiming 1 Hz once made the resampler allocate gigabytes (16000x the samples).

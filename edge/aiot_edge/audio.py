@@ -55,6 +55,10 @@ def read_audio(path: str | os.PathLike[str], target_sr: int, max_samples: int = 
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         raise AudioFormatError(f"{path}: cannot read audio ({err})") from err
     check_sample_rate(int(info.samplerate), str(path))
+    short = wav_shortfall(path)
+    if short is not None:
+        raise AudioFormatError(f"{path}: file is shorter than its header says ({short[1]} of {short[0]} bytes; "
+                               "still being copied? write to a temporary name and rename when complete)")
     n_out = resampled_length(info.frames, int(info.samplerate), target_sr)
     if n_out > max_samples:
         raise AudioFormatError(f"{path}: {n_out} samples at {target_sr} Hz ({n_out / target_sr:.0f} s) is longer "
@@ -63,6 +67,28 @@ def read_audio(path: str | os.PathLike[str], target_sr: int, max_samples: int = 
     if file_sr != target_sr:
         x = resample(x, file_sr, target_sr)
     return x
+
+
+def wav_shortfall(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(bytes a RIFF/WAVE header promises, bytes the file has) when the file is shorter, else None.
+
+    libsndfile reads a truncated WAV without complaint, so a file that is still being copied would
+    be scored in part. The RIFF size (bytes 4-8) says how long the finished file is; recorders that
+    stream write 0 or 0xFFFFFFFF there, and then nothing can be told (None). Other formats: None.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    riff = int.from_bytes(head[4:8], "little")
+    if riff in (0, 0xFFFFFFFF):
+        return None
+    expected = riff + 8 + (riff & 1)  # chunks are padded to an even length
+    return (expected, size) if size < riff + 8 else None
 
 
 def read_mono(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
