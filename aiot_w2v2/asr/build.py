@@ -69,8 +69,7 @@ def normalization_mismatch(init: str, trained: bool, asked: bool) -> str:
     all-blank CTC output for 1500 updates (issue 15).
     """
     how = "normalised per utterance (zero mean, unit variance)" if trained else "as recorded (not normalised)"
-    fix = ("pretrain with `--set data.normalize=true`, as the asr_tiny preset expects" if asked
-           else "fine-tune without `data.normalize=false`")
+    fix = f"pretrain with `--set data.normalize={str(asked).lower()}`, as the fine-tuning config expects"
     return (f"--init {init} was trained on waveforms {how} (data.normalize={str(trained).lower()}), but the "
             f"fine-tuning config sets data.normalize={str(asked).lower()}: the encoder would see input statistics "
             f"it never learned on. Either {fix}, or fine-tune with `--set data.normalize=null` to keep the init's "
