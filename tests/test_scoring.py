@@ -306,6 +306,57 @@ def test_evaluate_writes_the_contract_files(fitted: Path, data: Path, tmp_path: 
     assert re.search(r"^mahalanobis +[0-9.]+ / [0-9.]+", capsys.readouterr().out, re.M)  # the summary table
 
 
+def test_evaluate_reports_the_learned_and_the_spectral_branch(fitted: Path, data: Path, tmp_path: Path) -> None:
+    evaluate(fitted, data, tmp_path / "r", progress=False)
+    table = pd.read_csv(tmp_path / "r" / "results.csv")
+    assert {"learned", "spectral"} <= set(table.scorer)
+    scores = pd.read_csv(tmp_path / "r" / "scores.csv")
+    by = {s: scores[scores.scorer == s].sort_values("path").score.to_numpy() for s in ("spectral", "mahalanobis",
+                                                                                        "learned")}
+    np.testing.assert_allclose(by["spectral"], by["mahalanobis"])  # the fixed branch: today's conv0 Mahalanobis
+    assert not np.allclose(by["learned"], by["spectral"])
+    info = json.loads((fitted / "scoring.json").read_text())["info"]
+    assert info["finetune"]["steps"] == 3 and (fitted / "finetune" / "checkpoint_last" / "finetune.json").is_file()
+    model = load_scoring_model(fitted)
+    assert model.embedder is not None
+    x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
+    with torch.inference_mode():  # the learned embedding is the fine-tuned embedder's, from the conv features only
+        feats = model.frontend.model.wav2vec2.feature_extractor(x, None)[0].transpose(1, 2)
+        torch.testing.assert_close(model.frontend(x).learned, model.embedder(feats))
+
+
+def test_finetuning_off_reads_the_pretrained_transformer(run: Path, data: Path, tmp_path: Path) -> None:
+    cfg = replace(CFG, scorers=("learned", "spectral"), ensemble=("learned", "spectral"), decision_scorer="ensemble",
+                  finetune=replace(CFG.finetune, steps=0))
+    fit_scoring(run, data, tmp_path / "m", cfg, progress=False)
+    model = load_scoring_model(tmp_path / "m")
+    assert model.embedder is None and not (tmp_path / "m" / "finetune").exists()
+    x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
+    with torch.inference_mode():
+        h = model.frontend.model.wav2vec2.extract_features(x)[-1]
+        torch.testing.assert_close(model.frontend(x).learned, torch.cat([h.mean(1), h.std(1)], 1))
+    with pytest.raises(ConfigError, match="spectral scorer reads a conv"):
+        replace(cfg, embedding_layer="transformer1").validate()
+    with pytest.raises(ConfigError, match="finetune.steps and adapt_steps"):
+        replace(CFG, adapt_steps=2).validate()
+
+
+def test_cli_fit_resumes_an_interrupted_finetuning(run: Path, data: Path, fitted: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    settings = ["window_seconds=1.0", "hop_seconds=0.5", "folds=2", "bank_frames=64", "max_knn_windows=64",
+                "finetune.steps=3", "finetune.min_clips=2", "finetune.batch_windows=4", "finetune.crop_seconds=0.5",
+                "finetune.warmup_steps=1", "finetune.embedding_dim=8"]
+    args = ["fit", "--run", str(run), "--data", str(data), "--out", str(out), "--quiet"]
+    args += [a for kv in settings for a in ("--set", kv)]
+    assert cli_main(args) == 0
+    first = load_scoring_model(out).embedder.state_dict()
+    assert cli_main(args + ["--resume"]) == 0  # already finished: resumed at update 3, nothing more to train
+    info = json.loads((out / "scoring.json").read_text())["info"]["finetune"]
+    assert info["start_step"] == 3 and info["steps"] == 3
+    for k, v in load_scoring_model(out).embedder.state_dict().items():
+        assert torch.equal(v, first[k]), k
+
+
 def test_bad_clips_are_skipped_counted_and_reported(fitted: Path, data: Path, tmp_path: Path) -> None:
     d = tmp_path / "data"
     shutil.copytree(data, d)
