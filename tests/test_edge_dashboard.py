@@ -257,3 +257,34 @@ def test_token_and_ack_guards_on_a_real_server(tmp_path: Path):
         assert status == 200 and json.loads(ack)["by"] == "alice@dash1"
         status, health = _request(url + "api/health", headers={"Authorization": "Bearer s3cret"})
         assert status == 200 and json.loads(health)["alerts_stored"] == 1
+
+
+# -- live fan-out -----------------------------------------------------------------------------------
+
+
+def test_hub_fans_out_and_drops_a_page_that_falls_behind():
+    import asyncio
+
+    from aiot_edge.dashboard import hub as hub_module
+
+    async def scenario() -> tuple[list[str], bool, list[str | None], int]:
+        hub = Hub()
+        loop = asyncio.get_running_loop()
+        fast, slow = hub.connect(loop), hub.connect(loop)
+        hub.publish("alert", {"event_id": "e1"})
+        await asyncio.sleep(0)  # the loop runs the queued puts
+        got = [fast.queue.get_nowait()]
+        for i in range(hub_module.QUEUE_SIZE + 1):  # slow never reads: its queue overflows
+            hub.publish("score", {"i": i})
+            if i % 1000 == 0:
+                while not fast.queue.empty():
+                    fast.queue.get_nowait()
+                await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        left = [slow.queue.get_nowait() for _ in range(slow.queue.qsize())]
+        hub.disconnect(slow)
+        return got, slow.dropped, left, hub.slow_clients_dropped
+
+    got, dropped, left, n_dropped = asyncio.run(scenario())
+    assert got == ['event: alert\ndata: {"event_id":"e1"}\n\n']
+    assert dropped and left == [None] and n_dropped == 1  # only the end-of-stream marker is left for it

@@ -55,6 +55,7 @@ class Subscriber:
         self._bad_logged = 0
         self._last_summary = 0.0
         self._series: dict[tuple[str, str], dict[str, Any]] = {}  # (site, device) -> scorer, threshold
+        self._described: dict[tuple[str, str], tuple[Any, ...]] = {}  # what the device's last alert told
         for d in store.devices():
             self._series[(d["site"], d["device"])] = {"scorer": d["scorer"], "threshold": d["threshold"]}
         self.client = paho.Client(CallbackAPIVersion.VERSION2,
@@ -147,6 +148,7 @@ class Subscriber:
         value = score.scores[scorer]
         threshold = known["threshold"] if scorer == known["scorer"] else None
         if score.machine is not None or score.model is not None or score.scorer is not None:
+            self._described.pop((site, device), None)
             self.store.describe_device(site, device, machine=score.machine, machine_id=score.machine_id,
                                        model=score.model, scorer=score.scorer, threshold=score.threshold)
         self.store.add_score(site, device, score.ts, value, threshold)
@@ -159,10 +161,13 @@ class Subscriber:
             self.duplicates += 1
             return
         self._series[(site, device)] = {"scorer": alert.scorer, "threshold": alert.threshold}
-        self.store.describe_device(site, device, machine=alert.machine, machine_id=alert.machine_id,
-                                   model=alert.model, scorer=alert.scorer, threshold=alert.threshold)
         self.hub.publish("alert", self.store.alert(alert.event_id))
-        self.hub.publish("device", self.store.device(site, device))
+        described = (alert.machine, alert.machine_id, alert.model, alert.scorer, alert.threshold)
+        if self._described.get((site, device)) != described:  # a burst from one device: written once
+            self._described[(site, device)] = described
+            self.store.describe_device(site, device, machine=alert.machine, machine_id=alert.machine_id,
+                                       model=alert.model, scorer=alert.scorer, threshold=alert.threshold)
+            self.hub.publish("device", self.store.device(site, device))
 
     def _ack(self, ack: Ack) -> None:
         if self.store.add_ack(ack):
