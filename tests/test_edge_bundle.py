@@ -101,6 +101,13 @@ def test_missing_field_is_named(bundle_dir: Path, path: tuple[str, ...]) -> None
     (lambda d: d["model"].update(sha256="abc"), "64 hex digits"),
     (lambda d: d["model"].update(file="../model.onnx"), "inside the bundle folder"),
     (lambda d: d["machines"].update({"fan/id_09": d["machines"].pop("fan/id_00")}), "key must be"),
+    # each of these once loaded and then failed in onnxruntime, with a MemoryError or a hang
+    (lambda d: d.update(window=1), r"'window' must be between 160 and 960000 samples \(10 ms - 60 s"),
+    (lambda d: d.update(window=100), "'window' must be between 160 and 960000 samples"),
+    (lambda d: d.update(window=10**12), "'window' must be between 160 and 960000 samples"),
+    (lambda d: d.update(hop=10**12), "'hop' must be between 1 and 960000 samples"),
+    (lambda d: d.update(sample_rate=10**9), "'sample_rate' must be between 1000 and 384000"),
+    (lambda d: d["machines"]["fan/id_00"]["thresholds"].update(b=-2.0), r"thresholds\.b' must be >= 0"),
 ])
 def test_invalid_fields(bundle_dir: Path, edit, message: str) -> None:
     rewrite(bundle_dir, edit)
@@ -157,3 +164,24 @@ def test_sha256_file_streams(tmp_path: Path) -> None:
     p = tmp_path / "x.bin"
     p.write_bytes(bytes(range(256)) * 5000)
     assert sha256_file(p, chunk_size=1000) == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_external_weights_are_refused(tmp_path: Path) -> None:
+    # External data files are loaded by onnxruntime but were not covered by the bundle's sha256.
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper, save_model
+
+    weight = numpy_helper.from_array(np.ones((1600, 1), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["audio", "w"], ["scores"])], "g",
+                              [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", 1600])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 1])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    d = tmp_path / "bundle"
+    d.mkdir()
+    save_model(model, str(d / "model.onnx"), save_as_external_data=True, location="weights.bin",
+               size_threshold=0)
+    assert (d / "weights.bin").exists()
+    data = bundle_dict(sha256_file(d / "model.onnx"), machines=("fan/id_00",))
+    write_bundle_json(d, data)
+    with pytest.raises(BundleError, match="external data.*weights.bin.*not covered"):
+        Bundle.load(d)

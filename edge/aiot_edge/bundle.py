@@ -29,6 +29,8 @@ FORMAT = "aiot-w2v2-bundle"
 FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000  # Hz; the same range the edge's audio reader accepts
+MIN_WINDOW_S, MAX_WINDOW_S = 0.01, 60.0  # window length in seconds
 _Fail = Callable[[str, str], "BundleError"]  # (field, message) -> error naming bundle.json and the field
 
 
@@ -138,6 +140,63 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def external_data_files(model_file: str | os.PathLike[str]) -> list[str]:
+    """Names of the external data files the ONNX model's initializers point to (empty for a self-contained one).
+
+    Reads just enough protobuf to find them, without the onnx package: ModelProto.graph (field 7) ->
+    GraphProto.initializer (5) -> TensorProto.data_location (14, 1 = EXTERNAL) and its external_data
+    (13) entry "location". A file that is not a model gives [] (onnxruntime refuses it later).
+    """
+    try:
+        data = memoryview(Path(model_file).read_bytes())  # the session holds it all soon anyway
+        found = []
+        for graph in _pb_fields(data, 7):
+            for tensor in _pb_fields(graph, 5):
+                for entry in _pb_fields(tensor, 13):
+                    if bytes(next(iter(_pb_fields(entry, 1)), b"")) == b"location":
+                        found.append(bytes(next(iter(_pb_fields(entry, 2)), b"")).decode("utf-8", "replace"))
+        return sorted(set(found))
+    except (OSError, ValueError):
+        return []
+
+
+def _pb_fields(buf: memoryview, number: int) -> list[memoryview]:
+    """The length-delimited fields `number` of one protobuf message (ValueError if it is not protobuf)."""
+    out, i, n = [], 0, len(buf)
+    while i < n:
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, i = _varint(buf, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            length, i = _varint(buf, i)
+            if i + length > n:
+                raise ValueError("truncated")
+            if field == number:
+                out.append(buf[i:i + length])
+            i += length
+        else:
+            raise ValueError(f"wire type {wire}")
+    return out
+
+
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("bad varint")
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
 def write_bundle_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
     """Write `data` as `bundle.json` into the folder `path` (or to `path` itself if it names a .json file).
 
@@ -190,6 +249,16 @@ def _parse(raw: Any, json_path: Path, folder: Path, verify_sha256: bool) -> Bund
     sample_rate = _positive_int(get(raw, "sample_rate"), "sample_rate", fail)
     window = _positive_int(get(raw, "window"), "window", fail)
     hop = _positive_int(get(raw, "hop"), "hop", fail)
+    # Geometry a machine-sound model can have: outside it the model fails late (onnxruntime errors on a
+    # window shorter than its convolutions, MemoryError or a hang on a huge one).
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise fail("sample_rate", f"must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz, got {sample_rate}")
+    lo, hi = math.ceil(sample_rate * MIN_WINDOW_S), int(sample_rate * MAX_WINDOW_S)
+    if not lo <= window <= hi:
+        raise fail("window", f"must be between {lo} and {hi} samples ({MIN_WINDOW_S * 1000:g} ms - "
+                             f"{MAX_WINDOW_S:g} s at {sample_rate} Hz), got {window}")
+    if hop > hi:
+        raise fail("hop", f"must be between 1 and {hi} samples ({MAX_WINDOW_S:g} s), got {hop}")
 
     columns = get(raw, "columns")
     if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
@@ -220,6 +289,10 @@ def _parse(raw: Any, json_path: Path, folder: Path, verify_sha256: bool) -> Bund
         if actual != sha:
             raise BundleError(f"{model_file}: sha256 mismatch: {json_path} field 'model.sha256' says {sha}, "
                               f"the file hashes to {actual} (corrupt or replaced model)")
+    external = external_data_files(model_file)
+    if external:
+        raise BundleError(f"{model_file}: the model loads external data ({', '.join(external)}), which is not "
+                          f"covered by the sha256 in {json_path}; re-export it with the weights inside model.onnx")
     opset = model.get("opset")
     if opset is not None and not _is_int(opset):
         raise fail("model.opset", f"must be an integer, got {opset!r}")
@@ -268,6 +341,8 @@ def _parse_machine(key: str, m: Any, n_columns: int, fail: _Fail, columns: list[
             raise fail(f"{prefix}.thresholds.{scorer}", f"names a scorer not in scorers ({', '.join(scorers)})")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise fail(f"{prefix}.thresholds.{scorer}", f"must be a finite number, got {value!r}")
+        if value < 0:  # scores are distances and gamma-fit quantiles: a negative threshold alerts on everything
+            raise fail(f"{prefix}.thresholds.{scorer}", f"must be >= 0, got {value!r}")
 
     decision = m["decision_scorer"]
     if decision not in scorers:
