@@ -85,9 +85,13 @@ def test_alerts_and_acks_survive_a_restart_and_acks_are_published_retained(tmp_p
     assert msg.retain and msg.json() == ack
     assert first.stop() == 0, first.log()
 
+    # an alert raised while the dashboard is down: the broker queues it in the dashboard's session
+    write_wav(tmp_path / "later.wav", pattern_signal(1))
+    assert daemons("--config", str(config), "--source", f"file:{tmp_path / 'later.wav'}", "--once").wait(60) == 0
     second = dashboards(broker, db)
+    wait_for(lambda: len(second.get("/api/alerts")) == 3, what="the 2 stored alerts and the one raised meanwhile")
     alerts = second.get("/api/alerts")
-    assert len(alerts) == 2
+    assert Path(alerts[0]["source"]).name == "later.wav"
     acked = {a["event_id"]: a["ack_by"] for a in alerts if a["ack_ts"] is not None}
     assert acked == {event_id: ack["by"]}
     # re-acknowledging returns the stored ack instead of a second one

@@ -6,12 +6,17 @@ the page's URL once the server listens. `run()` does the same and blocks until S
 (the command line). The listening socket is bound here, so port 0 picks a free port and `url`
 tells which.
 
+The MQTT session is persistent and named after the host and the database file, so the broker
+queues QoS 1 alerts and acks while the dashboard is down (up to the broker's `max_queued_messages`,
+1,000 by default in mosquitto) and a restarted dashboard gets them.
+
 A non-loopback `listen` address needs a token: the page shows plant alerts and lets anyone who
 reaches it acknowledge them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import signal
@@ -85,6 +90,12 @@ class Dashboard:
         self._socket: socket.socket | None = None
 
     @property
+    def client_id(self) -> str:
+        """One MQTT session per database: a restarted dashboard resumes it and gets the alerts it missed."""
+        digest = hashlib.sha256(str(Path(self.cfg.db).resolve()).encode()).hexdigest()[:10]
+        return f"aiot-dashboard-{socket.gethostname()[:32]}-{digest}"
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
@@ -100,7 +111,7 @@ class Dashboard:
     def _start(self, timeout: float) -> str:
         self.store = Store(self.cfg.db, max_alerts=self.cfg.max_alerts)
         self.subscriber = Subscriber(self.store, self.hub, self.address, self.cfg.site, username=self.cfg.username,
-                                     password=self.cfg.password, ca=self.cfg.ca)
+                                     password=self.cfg.password, ca=self.cfg.ca, client_id=self.client_id)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self._socket = socket.create_server((self.host, self.port), family=family)
         self.port = self._socket.getsockname()[1]

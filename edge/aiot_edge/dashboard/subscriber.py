@@ -52,15 +52,20 @@ class Subscriber:
         self.duplicates = 0
         self.connected = False
         self._stopping = False
+        self._unreachable_logged = False
         self._bad_logged = 0
         self._last_summary = 0.0
         self._series: dict[tuple[str, str], dict[str, Any]] = {}  # (site, device) -> scorer, threshold
         self._described: dict[tuple[str, str], tuple[Any, ...]] = {}  # what the device's last alert told
         for d in store.devices():
             self._series[(d["site"], d["device"])] = {"scorer": d["scorer"], "threshold": d["threshold"]}
+        # With a client id, the session is persistent (clean_session=False): the broker keeps the
+        # subscription and queues QoS 1 alerts and acks while the dashboard is down or restarting.
         self.client = paho.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or f"aiot-dashboard-{uuid.uuid4().hex[:8]}")
+                                  client_id=client_id or f"aiot-dashboard-{uuid.uuid4().hex[:8]}",
+                                  clean_session=client_id is None)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 30)
@@ -93,8 +98,15 @@ class Subscriber:
             return
         client.subscribe([(topic, 1) for topic in self.topics])
         self.connected = True
+        self._unreachable_logged = False
         log.info("dashboard connected to broker %s:%d", self.address.host, self.address.port)
         self.hub.publish("broker", {"connected": True})
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        if not self._unreachable_logged:  # once per outage: paho retries with backoff by itself
+            self._unreachable_logged = True
+            log.warning("dashboard cannot reach broker %s:%d; retrying (the page shows the stored history)",
+                        self.address.host, self.address.port)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
                        properties: Properties | None) -> None:
