@@ -104,3 +104,23 @@ def test_example_config_loads() -> None:
 def test_ranges_are_checked(override: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         with_overrides(EdgeConfig(), override)
+
+
+def test_a_secret_value_is_never_echoed(tmp_path: Path) -> None:
+    path = tmp_path / "edge.yaml"
+    path.write_text("password: 86753091\n")  # a YAML number, not a string
+    with pytest.raises(ConfigError, match="password must be a string") as err:
+        load_config(path)
+    assert "86753091" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        with_overrides(EdgeConfig(), {"password": ["s3cret-in-a-list"]})
+    assert "s3cret" not in str(err.value)
+
+
+def test_password_on_the_command_line_warns_about_ps(tmp_path: Path, capsys) -> None:
+    from aiot_edge.cli import main
+
+    code = main(["run", "--set", "password=hunter2", "--set", "decision.k=0"])  # a config error: stops early
+    err = capsys.readouterr().err
+    assert code == 2 and "hunter2" not in err
+    assert "visible to every user in `ps`" in err and "password_file" in err

@@ -28,7 +28,7 @@ import yaml
 from . import __version__
 from .bundle import BundleError
 from .config import ConfigError, load_config, with_overrides
-from .logs import setup_logging
+from .logs import escape_controls, setup_logging
 
 log = logging.getLogger("aiot_edge.cli")
 
@@ -106,16 +106,25 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
+def _warn_password_flag(given: bool) -> None:
+    if given:
+        log.warning("--set password=... is visible to every user in `ps` and in shell history; "
+                    "use password_file (mode 0640) or password_env instead")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon  # imported here so `aiot-edge score` does not load paho
 
+    on_command_line = any(item.partition("=")[0].strip() == "password" for item in args.set)
     try:
         cfg = with_overrides(load_config(args.config), _overrides(args))
     except ConfigError as err:
         setup_logging("INFO")
+        _warn_password_flag(on_command_line)
         log.error("config error: %s", err)
         return 2
     setup_logging(cfg.log_level, cfg.log_format)
+    _warn_password_flag(on_command_line)
     return int(Daemon(cfg).run())
 
 
@@ -127,7 +136,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     def on_error(path: str, err: ValueError) -> None:
         failures.append((path, str(err)))
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {escape_controls(str(err))}", file=sys.stderr)  # a file name may hold a newline
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     windows = 0

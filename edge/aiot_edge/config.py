@@ -289,8 +289,24 @@ def _replace_dotted(obj: Any, keys: list[str], value: Any, prefix: str) -> Any:
     return dataclasses.replace(obj, **{head: _coerce(value, typing.get_type_hints(type(obj))[head], dotted)})
 
 
+SECRET_KEYS = frozenset({"password"})  # values never shown in an error message
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check `value` against the annotation `hint`; returns the value converted where lossless."""
+    """Check `value` against the annotation `hint`; returns the value converted where lossless.
+
+    The error for a secret key names the key and the type, never the value.
+    """
+    if key in SECRET_KEYS:
+        try:
+            return _coerce_value(value, hint, key)
+        except ConfigError:
+            raise ConfigError(f"{key} must be a string, got a {type(value).__name__} (value not shown; "
+                              "quote it in YAML, or use password_file / password_env)") from None
+    return _coerce_value(value, hint, key)
+
+
+def _coerce_value(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)

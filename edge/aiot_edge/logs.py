@@ -22,13 +22,25 @@ def fields(**kv: Any) -> dict[str, dict[str, Any]]:
     return {"fields": kv}
 
 
+def escape_controls(text: str) -> str:
+    """`text` with control characters written as escapes (`\\n`, `\\x1b`), so a value from outside
+    (a file name with a newline) can never start a log line of its own or drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else _ESCAPES.get(c, f"\\x{ord(c):02x}" if ord(c) < 256
+                                                                    else f"\\u{ord(c):04x}") for c in text)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _kv_value(value: Any) -> str:
     if isinstance(value, float):
         text = f"{value:.6g}"
     else:
         text = str(value)
-    if not text or any(c in text for c in ' "=\n\t'):
-        return json.dumps(text)
+    if not text or any(c in text for c in ' "=') or not text.isprintable():
+        return json.dumps(text)  # escapes every control character
     return text
 
 
@@ -40,7 +52,7 @@ class KeyValueFormatter(logging.Formatter):
     """`2026-01-01T00:00:00.000Z INFO aiot_edge.daemon: message k=v k2="v 2"`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_timestamp(record), record.levelname, f"{record.name}:", record.getMessage()]
+        parts = [_timestamp(record), record.levelname, f"{record.name}:", escape_controls(record.getMessage())]
         for key, value in getattr(record, "fields", {}).items():
             parts.append(f"{key}={_kv_value(value)}")
         line = " ".join(parts)
