@@ -6,10 +6,11 @@ Heavy imports (torch, pandas) happen inside each command so `--help` stays fast.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
+
+from .logs import setup_logging
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -166,7 +167,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aiot-w2v2", description="wav2vec 2.0 for anomaly detection on machine sounds")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, third-party libraries' INFO included (default: theirs at WARNING)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write synthetic machine sounds (DCASE 2020 layout; --suite: DCASE 2021+)")
@@ -295,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=float, default=None,
                    help="cap on pretraining wall time (default: none; the tiny preset runs 400 updates)")
     s.add_argument("--seed", type=int, default=0)
+    # Also after the subcommand (`aiot-w2v2 demo --verbose`); SUPPRESS keeps a `-v` given before it.
+    s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging, the broker's and the web server's INFO lines included")
     s.set_defaults(func=_cmd_demo)
     return p
 
@@ -305,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     # It must be set before torch loads its OpenMP runtime, i.e. before any command imports torch.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
