@@ -288,3 +288,12 @@ def test_hub_fans_out_and_drops_a_page_that_falls_behind():
     got, dropped, left, n_dropped = asyncio.run(scenario())
     assert got == ['event: alert\ndata: {"event_id":"e1"}\n\n']
     assert dropped and left == [None] and n_dropped == 1  # only the end-of-stream marker is left for it
+
+
+def test_cli_refuses_an_open_listen_address_without_a_token(tmp_path: Path, capfd):
+    from aiot_edge.cli import main
+
+    assert main(["dashboard", "--listen", "0.0.0.0:0", "--db", str(tmp_path / "d.db")]) == 2
+    assert "give a token" in capfd.readouterr().err
+    assert main(["dashboard", "--listen", "localhost", "--db", str(tmp_path / "d.db")]) == 2
+    assert not (tmp_path / "d.db").exists()  # refused before anything was created
