@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         cdec: dict[str, str | None] = {}
         for label, spec in curve_models(Path(args.curve), args.curve_every):
             for suite in suites:
-                report = run_model(f"curve/{label}", spec, suite_dirs[suite], suite, out, args.set, args.preset,
-                                   args.force)
+                cache = "random" if spec == "random" else f"curve/{label}"  # step 0 is the random model's row
+                report = run_model(cache, spec, suite_dirs[suite], suite, out, args.set, args.preset, args.force)
                 curve.setdefault(label, {})[suite] = summarise(report, suite_dirs[suite])
                 cdec[label] = decision_scorer(report)
         df = table(curve, cdec, suites)
