@@ -100,7 +100,8 @@ def run_demo(out: Path, minutes: float | None = None, seed: int = 0, baseline_ep
     print(f"  training curves: {run / 'training_curves.png'}")
     print(f"  report:          {report / 'report.html'}")
     print(f"  bundle:          {bundle}")
-    print(f"  alerts received: {len(alerts)}")
+    print(f"  alerts received: {len(alerts)} (one per incident of anomalous sound, not per clip: the edge "
+          "stage's table says which clips each covers)")
     if dashboard_db.exists():
         print(f"  dashboard:       {dashboard_db} (see it again: aiot-w2v2 demo --keep-dashboard, or "
               f"aiot-edge dashboard --db {dashboard_db})")

@@ -166,11 +166,26 @@ def run_edge_stage(bundle: Path, wav_files: list[Path], machine: str, machine_id
         if echo:
             print(f"edge daemon: {daemon.counters.windows_scored} windows scored, "
                   f"{daemon.counters.alerts_raised} alerts raised, {sub.count()} received")
+            _explain_alerts(bundle, files, machine, machine_id, cfg, sub.count())
         if dashboard is not None:
             _wait_until_shown(dashboard, [p["event_id"] for p in sub.payloads])
             if keep_dashboard:
                 _serve_until_interrupted(dashboard)
         return list(sub.payloads)
+
+
+def _explain_alerts(bundle: Path, files: list[Path], machine: str, machine_id: str, cfg: EdgeConfig,
+                    received: int) -> None:
+    """Print per clip its windows over the threshold and the alert that covers it (demo_alerts.py): debounce
+    and cooldown make one alert stand for several anomalous clips played back to back."""
+    from .demo_alerts import clip_report, format_clip_report
+
+    try:
+        clips, threshold = clip_report(bundle, files, machine, machine_id, cfg.decision)
+    except (ValueError, OSError) as err:  # the alerts above stand; only the explanation is missing
+        print(f"(no per-clip explanation: {err})")
+        return
+    print("\n".join(format_clip_report(clips, threshold, cfg.decision, received)))
 
 
 def _wait_until_shown(dashboard: Any, event_ids: list[str], timeout_s: float = 5.0) -> None:
