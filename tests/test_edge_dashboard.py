@@ -164,7 +164,7 @@ def test_subscriber_stores_devices_scores_and_alerts(sub: Subscriber):
     assert (device["status"], device["machine"], device["model"], device["scorer"], device["last_score"]) == (
         "online", "fan", "peak-test", "peak", 0.5)
     # the first score had no known scorer and one column; the second is charted as the alert's scorer
-    series = sub.store.series(since=0)["lab/pi1"]
+    series = sub.store.series(since=0, max_points=10**12)["lab/pi1"]  # ts from 1970: no thinning
     assert series == [[100.0, 0.3, None], [102.0, 0.5, 0.7]]
     assert sub.duplicates == 1 and sub.store.count_alerts() == 1
 
@@ -297,3 +297,19 @@ def test_cli_refuses_an_open_listen_address_without_a_token(tmp_path: Path, capf
     assert "give a token" in capfd.readouterr().err
     assert main(["dashboard", "--listen", "localhost", "--db", str(tmp_path / "d.db")]) == 2
     assert not (tmp_path / "d.db").exists()  # refused before anything was created
+
+
+def test_score_history_is_thinned_to_the_peaks(tmp_path: Path):
+    import time
+
+    with Store(tmp_path / "dash.db", history_s=3600.0) as store:
+        now = time.time()
+        for i in range(3600):  # one device scoring every second for an hour, a spike at 1800 s
+            store.add_score("lab", "pi1", now - 3600 + i + 0.5, 9.0 if i == 1800 else 1.0 + (i % 2), 5.0)
+        points = store.series(max_points=720)["lab/pi1"]
+        assert 700 <= len(points) <= 721
+        assert max(p[1] for p in points) == 9.0  # the spike survives the thinning
+        assert {p[1] for p in points} <= {2.0, 9.0}  # each 5 s bucket keeps its highest score
+        assert all(p[2] == 5.0 for p in points)
+        assert [p[0] for p in points] == sorted(p[0] for p in points)
+        assert len(store.series(max_points=100_000)["lab/pi1"]) >= 3590  # all (the oldest may age out meanwhile)
