@@ -52,9 +52,11 @@ def test_dashboard_shows_device_scores_and_every_alert_of_a_real_daemon(tmp_path
         assert a["score"] > a["threshold"] and a["severity"] in ("warning", "critical") and a["ack_ts"] is None
         assert a["window_end"] > a["window_start"]
 
+    # the daemon stopped cleanly: its last message is the retained `offline`, after every score and alert
+    wait_for(lambda: [d for d in dash.get("/api/state")["devices"] if d["status"] == "offline"],
+             what="the device offline")
     state = dash.get("/api/state")
     (device,) = state["devices"]
-    # the daemon stopped cleanly, so its retained status is now offline
     assert (device["site"], device["device"], device["status"]) == ("lab", "pi1", "offline")
     assert (device["machine"], device["machine_id"], device["model"], device["threshold"]) == ("fan", "id_00",
                                                                                                "peak-test", 0.7)
