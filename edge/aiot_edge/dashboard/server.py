@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -121,14 +122,14 @@ def build_app(store: Store, hub: Hub, subscriber: Subscriber, *, operator: str, 
         return Response(_asset(name), media_type=_STATIC[name] + "; charset=utf-8")
 
     async def api_state(request: Request) -> Response:
-        return JSONResponse(state())
+        return JSONResponse(await run_in_threadpool(state))
 
     async def api_alerts(request: Request) -> Response:
         try:
             limit = min(max(int(request.query_params.get("limit", "500")), 1), 10_000)
         except ValueError:
             return JSONResponse({"error": "limit must be an integer"}, 400)
-        return JSONResponse(store.alerts(limit))
+        return JSONResponse(await run_in_threadpool(store.alerts, limit))
 
     async def api_health(request: Request) -> Response:
         return JSONResponse(health_data())
@@ -140,7 +141,8 @@ def build_app(store: Store, hub: Hub, subscriber: Subscriber, *, operator: str, 
             try:
                 # registered before the snapshot is read: nothing falls between the two; the page
                 # ignores what it already has (alerts by event_id, scores by time)
-                yield frame("snapshot", state())
+                # read in a worker thread: an hour of 50 devices' scores must not hold up other pages' events
+                yield frame("snapshot", await run_in_threadpool(state))
                 while True:
                     try:
                         item = await asyncio.wait_for(client.queue.get(), KEEPALIVE_S)
