@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +193,54 @@ def test_corrupt_and_unknown_files(tmp_path: Path, bundle: Bundle) -> None:
     rows = list(score_files(bundle, [bad, unknown, good], on_error=lambda f, e: errors.append((f, e))))
     assert [f for f, _ in errors] == [str(bad), str(unknown)]
     assert [r["file"] for r in rows] == [str(good)]
+
+
+def test_non_finite_scores_are_valid_json_and_failed_windows(tmp_path: Path, bundle: Bundle, capsys) -> None:
+    # Float samples of 1e20 overflow x*x: `aiot-edge score` printed a bare NaN/Infinity (not JSON).
+    from aiot_edge.cli import main
+
+    loud = np.full(WINDOW, 1e20, np.float32)
+    wav = write_wav(tmp_path / "pump" / "test" / "anomaly_id_02_00000001.wav", np.concatenate([noise(WINDOW), loud]))
+    assert main(["score", "--bundle", str(bundle.path), str(wav)]) == 1
+    out, err = capsys.readouterr()
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    rows = [json.loads(line, parse_constant=no_constants) for line in out.splitlines()]
+    bad = [r for r in rows if "error" in r]
+    assert bad and all(r["score"] is None and r["scores"]["energy"] is None and r["anomaly"] is None for r in bad)
+    assert "non-finite" in bad[0]["error"]
+    assert all(r["score"] is not None for r in rows if "error" not in r)
+    assert f"{len(bad)} window(s) failed" in err
+
+
+def test_long_files_are_streamed(tmp_path: Path, bundle: Bundle) -> None:
+    # A 10-minute clip took 586 MB in `score`: the whole file, its windows and its scores at once.
+    x = noise(300 * SR, seed=5)  # 5 minutes: 19 MB as float32
+    wav = write_wav(tmp_path / "fan" / "test" / "normal_id_00_00000011.wav", x)
+    scorer = Scorer.from_bundle(bundle)
+    spec = bundle.machine("fan/id_00")
+    tracemalloc.start()
+    try:
+        n = 0
+        for _row in score_file(wav, bundle, spec, scorer):
+            n += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == 1 + (len(x) - WINDOW) // HOP
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MB while scoring a 19 MB file"  # about 6 MB: blocks of 10 s
+
+
+def test_streamed_scores_match_the_whole_file(tmp_path: Path, bundle: Bundle) -> None:
+    x = noise(44100 * 23 + 17, seed=6)  # resampled, and longer than one read block, with a ragged end
+    wav = write_wav(tmp_path / "fan" / "test" / "normal_id_00_00000012.wav", x, sr=44100)
+    rows = list(score_file(wav, bundle, bundle.machine("fan/id_00"), Scorer.from_bundle(bundle)))
+    from aiot_edge.audio import read_audio
+    from aiot_edge.windowing import frame_windows
+
+    ref = reference(frame_windows(read_audio(wav, SR), WINDOW, HOP))
+    assert len(rows) == ref.shape[0]
+    np.testing.assert_allclose([r["scores"]["mean_abs"] for r in rows], ref[:, 0], rtol=1e-5)
+    assert rows[-1]["window_start"] == pytest.approx((ref.shape[0] - 1) * HOP / SR)

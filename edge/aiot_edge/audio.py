@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -67,6 +68,45 @@ def read_audio(path: str | os.PathLike[str], target_sr: int, max_samples: int = 
     if file_sr != target_sr:
         x = resample(x, file_sr, target_sr)
     return x
+
+
+def stream_audio(path: str | os.PathLike[str], target_sr: int, block_s: float = 10.0) -> Iterator[np.ndarray]:
+    """Read `path` as float32 mono blocks at `target_sr`, about `block_s` seconds each: bounded memory.
+
+    The blocks put together are exactly `read_audio(path, target_sr)`, for a file of any length.
+    The same checks as `read_audio` (`AudioFormatError`); NaN/Inf samples are found block by block,
+    so the error can come after earlier blocks were yielded.
+    """
+    if target_sr <= 0:
+        raise ValueError(f"target_sr must be positive, got {target_sr}")
+    try:
+        f = sf.SoundFile(path)
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        raise AudioFormatError(f"{path}: cannot read audio ({err})") from err
+    with f:
+        file_sr = int(f.samplerate)
+        check_sample_rate(file_sr, str(path))
+        short = wav_shortfall(path)
+        if short is not None:
+            raise AudioFormatError(f"{path}: file is shorter than its header says ({short[1]} of {short[0]} bytes; "
+                                   "still being copied?)")
+        resampler = StreamResampler(file_sr, target_sr) if file_sr != target_sr else None
+        frames = 0
+        try:
+            for data in f.blocks(blocksize=max(1, int(block_s * file_sr)), dtype="float32", always_2d=True):
+                if data.shape[1] == 0:
+                    break
+                if not np.isfinite(data).all():
+                    raise AudioFormatError(f"{path}: NaN or Inf samples after {frames / file_sr:.3f} s")
+                frames += data.shape[0]
+                x = downmix(data)
+                yield resampler.process(x) if resampler is not None else x
+        except (sf.SoundFileError, RuntimeError) as err:
+            raise AudioFormatError(f"{path}: cannot read audio ({err})") from err
+        if frames == 0:
+            raise AudioFormatError(f"{path}: file holds no samples")
+        if resampler is not None:
+            yield resampler.flush()
 
 
 def wav_shortfall(path: str | os.PathLike[str]) -> tuple[int, int] | None:

@@ -139,11 +139,12 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"error: {escape_controls(str(err))}", file=sys.stderr)  # a file name may hold a newline
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
-    windows = 0
+    windows = failed_windows = 0
     try:
         for row in score_files(args.bundle, args.files, args.machine, args.machine_id, providers, on_error=on_error):
-            sys.stdout.write(json.dumps(row) + "\n")
+            sys.stdout.write(json.dumps(row, allow_nan=False) + "\n")
             windows += 1
+            failed_windows += "error" in row  # a non-finite score: null in the JSON
     except BundleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -151,8 +152,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 0  # `aiot-edge score ... | head`
     sys.stdout.flush()
     n_ok = len(args.files) - len(failures)
-    print(f"scored {windows} window(s) from {n_ok} file(s); {len(failures)} file(s) failed", file=sys.stderr)
-    return 1 if failures else 0
+    print(f"scored {windows} window(s) from {n_ok} file(s); {len(failures)} file(s) failed; "
+          f"{failed_windows} window(s) failed (non-finite score)", file=sys.stderr)
+    return 1 if failures or failed_windows else 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

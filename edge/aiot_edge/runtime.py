@@ -7,16 +7,19 @@ one JSON-able dict per window, exactly the CLI contract (ARCHITECTURE.md §4.1):
     {"file", "machine", "machine_id", "window_start", "window_end", "scores": {scorer: value},
      "score", "anomaly"}
 
-Each file is windowed on its own with the bundle's window and hop; a tail shorter than one window
-is dropped. A clip shorter than one window is zero-padded to exactly one window and scored once;
-its dict carries an extra `"padded": true` and its `window_end` is the clip's real end, not the
-padded one. Decisions here are the plain threshold (score > threshold); debouncing belongs to
+Each file is streamed (read a block at a time: bounded memory for any length) and windowed on its
+own with the bundle's window and hop; a tail shorter than one window is dropped. A clip shorter
+than one window is zero-padded to exactly one window and scored once (logged; the daemon does the
+same); its dict carries an extra `"padded": true` and its `window_end` is the clip's real end, not
+the padded one. A non-finite score is `null` with an `"error"` field and `"anomaly": null`.
+Decisions here are the plain threshold (score > threshold); debouncing belongs to
 `aiot_edge.decision` and the daemon.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,8 +30,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from aiot_edge.audio import read_audio
+from aiot_edge.audio import stream_audio
 from aiot_edge.bundle import Bundle, BundleError, MachineSpec
+from aiot_edge.windowing import Windower
 
 log = logging.getLogger(__name__)
 
@@ -195,35 +199,60 @@ def select_machine(bundle: Bundle, path: str | os.PathLike[str], machine: str | 
         raise ValueError(f"{path}: {err}") from err
 
 
-def score_file(path: str | os.PathLike[str], bundle: Bundle, spec: MachineSpec, scorer: Scorer) -> list[dict[str, Any]]:
-    """Score one file: one dict per window (see the module docstring). Raises ValueError naming the file."""
-    x = read_audio(path, bundle.sample_rate)  # (T,); AudioFormatError (a ValueError) names the file
-    padded = x.shape[0] < bundle.window
-    if padded:
-        windows = np.zeros((1, bundle.window), dtype=np.float32)  # (1, window)
-        windows[0, : x.shape[0]] = x
-        starts = np.zeros(1, dtype=np.int64)
-    else:
-        windows = np.lib.stride_tricks.sliding_window_view(x, bundle.window)[:: bundle.hop]  # (n, window) view
-        starts = np.arange(windows.shape[0], dtype=np.int64) * bundle.hop
+def score_file(path: str | os.PathLike[str], bundle: Bundle, spec: MachineSpec, scorer: Scorer,
+               block_s: float = 10.0) -> Iterator[dict[str, Any]]:
+    """Score one file: one dict per window (see the module docstring), streamed.
+
+    The file is read `block_s` seconds at a time and its windows scored as they complete, so
+    memory stays bounded for a file of any length. Raises ValueError naming the file (possibly
+    after the rows of the part before the problem).
+    """
+    sr, window = bundle.sample_rate, bundle.window
+    windower = Windower(window, bundle.hop)
+    head: list[np.ndarray] = []  # the samples so far while the clip is shorter than one window
+    total = 0
+    for block in stream_audio(path, sr, block_s):  # AudioFormatError (a ValueError) names the file
+        if total < window:
+            head.append(block)
+        total += block.shape[0]
+        windows = windower.push(block)
+        if windows:
+            yield from _rows(path, spec, scorer, np.stack([w for w, _ in windows]),  # (n, window)
+                             [start for _, start in windows], sr, window)
+    if 0 < total < window:
+        # One rule with the daemon: a clip shorter than one window is zero-padded and scored once.
+        log.warning("%s: %d samples, shorter than one window (%d): zero-padded to one window", path, total, window)
+        padded = np.zeros((1, window), dtype=np.float32)  # (1, window)
+        padded[0, :total] = np.concatenate(head)
+        for row in _rows(path, spec, scorer, padded, [0], sr, total):
+            row["padded"] = True
+            yield row
+
+
+def _rows(path: str | os.PathLike[str], spec: MachineSpec, scorer: Scorer, windows: np.ndarray,
+          starts: list[int], sr: int, length: int) -> list[dict[str, Any]]:
+    """The JSON-able dicts of `windows` [n, window] starting at `starts` (samples), each `length` samples long.
+
+    A non-finite score is not a number JSON can carry: it becomes null, with an "error" field
+    (and "anomaly": null), and the caller counts the window as failed.
+    """
     try:
         scores = scorer.score(windows)  # (n, n_columns)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
-
-    sr = bundle.sample_rate
     rows = []
-    for start, row in zip(starts.tolist(), scores, strict=True):
-        end = start + (x.shape[0] if padded else bundle.window)
-        values = {name: float(row[col]) for name, col in spec.scorers.items()}
+    for start, row in zip(starts, scores, strict=True):
+        values: dict[str, float | None] = {name: float(row[col]) for name, col in spec.scorers.items()}
+        bad = sorted(name for name, v in values.items() if v is not None and not math.isfinite(v))
+        values.update({name: None for name in bad})
         score = values[spec.decision_scorer]
         d: dict[str, Any] = {
             "file": str(path), "machine": spec.machine, "machine_id": spec.machine_id,
-            "window_start": start / sr, "window_end": end / sr,
-            "scores": values, "score": score, "anomaly": bool(score > spec.threshold),
+            "window_start": start / sr, "window_end": (start + length) / sr,
+            "scores": values, "score": score, "anomaly": None if score is None else bool(score > spec.threshold),
         }
-        if padded:
-            d["padded"] = True
+        if bad:
+            d["error"] = f"non-finite score (NaN or Inf) from {', '.join(bad)}"
         rows.append(d)
     return rows
 
@@ -252,10 +281,8 @@ def score_files(
     for f in files:
         try:
             spec = select_machine(bundle, f, machine, machine_id)
-            rows = score_file(f, bundle, spec, scorer)
+            yield from score_file(f, bundle, spec, scorer)
         except ValueError as err:
             if on_error is None:
                 raise
             on_error(str(f), err)
-            continue
-        yield from rows
