@@ -7,6 +7,7 @@ broker is killed at teardown (fixtures in edge_fixtures.py), also when a test fa
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -264,3 +265,51 @@ def test_a_file_redone_after_a_crash_raises_the_same_event_ids(tmp_path, brokers
         runs.append([m.json()["event_id"] for m in sub.on("/alert")][3 * i:])
     assert runs[0] == runs[1] and len(set(runs[0])) == 3
     assert all(uuid.UUID(e).version == 5 for e in runs[0])
+
+
+def test_a_clip_shorter_than_one_window_is_padded_and_scored_like_score_does(tmp_path, brokers, subscribers,
+                                                                            daemons, tiny_bundle) -> None:
+    # `run` marked such clips done with 0 windows and no log line, while `score` padded them.
+    broker = brokers().start()
+    sub = subscribers(broker, topics="aiot/+/+/alert")
+    clip = write_wav(tmp_path / "short.wav", np.full(800, LOUD, np.float32))  # half a window
+    d = daemons("--config", str(_config(tmp_path, tiny_bundle, broker.port)), "--source", f"file:{clip}", "--once")
+    assert d.wait(20) == 0, d.log()
+    alert = wait_for(lambda: sub.on("/alert"), what="the padded clip's alert")[0].json()
+    assert (alert["window_start"], alert["window_end"]) == (0.0, pytest.approx(0.05))
+    assert "shorter than one window" in d.log() and "zero-padded" in d.log()
+    assert cli_main(["score", "--bundle", str(tiny_bundle), str(clip)]) == 0  # the same rule offline
+
+
+def _square_bundle(folder):
+    """Like the tiny bundle, but scores = max(audio^2): samples of 1e20 overflow float32 to inf."""
+    from edge_fixtures import WINDOW, build_bundle
+    from onnx import TensorProto, helper, save_model
+
+    build_bundle(folder)
+    nodes = [helper.make_node("Mul", ["audio", "audio"], ["sq"]),
+             helper.make_node("ReduceMax", ["sq"], ["scores"], axes=[1], keepdims=1)]
+    graph = helper.make_graph(nodes, "square",
+                              [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", WINDOW])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save_model(model, str(folder / "model.onnx"))
+    data = json.loads((folder / "bundle.json").read_text())
+    data["model"]["sha256"] = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+    (folder / "bundle.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_non_finite_windows_are_counted_as_failed(tmp_path, brokers, daemons) -> None:
+    broker = brokers().start()
+    bundle = _square_bundle(tmp_path / "bundle")
+    clip = tmp_path / "huge.wav"
+    sf.write(clip, np.concatenate([np.zeros(1600, np.float32), np.full(3200, 1e20, np.float32)]), SR,
+             subtype="FLOAT")
+    status = tmp_path / "status.json"
+    d = daemons("--config", str(_config(tmp_path, bundle, broker.port)), "--source", f"file:{clip}", "--once",
+                "--status-file", str(status))
+    assert d.wait(20) == 0, d.log()
+    counters = json.loads(status.read_text())
+    assert counters["windows_scored"] == 3 and counters["windows_failed"] == 2 and counters["alerts_raised"] == 0

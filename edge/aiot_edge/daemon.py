@@ -256,6 +256,7 @@ class Daemon:
         assert self.publisher is not None and self.spool is not None
         self._stream_base = 0.0  # audio-clock seconds before the current stream
         self._started_at = time.time_ns()
+        self._head: list[np.ndarray] = []  # the current stream's samples while it is shorter than one window
         self._telemetry: dict[str, float] = {}
         self._telemetry_span: list[float] = []
         now = time.monotonic()
@@ -314,26 +315,44 @@ class Daemon:
 
     def _process(self, chunk: Chunk) -> None:
         assert self.bundle is not None and self.spec is not None
+        window = self.bundle.window
+        if self.windower.samples_seen < window:
+            self._head.append(chunk.samples)  # kept while the stream is shorter than one window
         windows = self.windower.push(chunk.samples)
+        if self.windower.samples_seen >= window:
+            self._head = []
+        padded_length = None
+        if chunk.end_of_stream and 0 < self.windower.samples_seen < window:
+            # One rule with `aiot-edge score`: a clip shorter than one window is zero-padded and scored once.
+            padded_length = self.windower.samples_seen
+            log.warning("%s: %d samples, shorter than one window (%d): zero-padded to one window", chunk.source,
+                        padded_length, window)
+            padded = np.zeros(window, dtype=np.float32)
+            padded[:padded_length] = np.concatenate(self._head)
+            windows = [(padded, 0)]
         if windows:
             batch = np.stack([w for w, _ in windows])  # (n, window)
             try:
                 scores = self.scorer.score(batch)  # (n, n_columns)
             except ValueError as err:
                 log.error("cannot score %d window(s) of %s: %s", len(windows), chunk.source, err)
+                self.counters.windows_failed += len(windows)
                 scores = None
             if scores is not None:
-                self._decide(chunk, windows, scores)
+                self._decide(chunk, windows, scores, padded_length)
         if chunk.end_of_stream:
             self.windower.reset()
+            self._head = []
             self._stream_base += (chunk.start_time or 0.0) + chunk.samples.shape[0] / self.bundle.sample_rate
 
-    def _decide(self, chunk: Chunk, windows: list[tuple[np.ndarray, int]], scores: np.ndarray) -> None:
+    def _decide(self, chunk: Chunk, windows: list[tuple[np.ndarray, int]], scores: np.ndarray,
+                length: int | None = None) -> None:
+        """Decide on scored windows; `length` is the real length of a zero-padded one (its window_end)."""
         assert self.bundle is not None and self.spec is not None
         sr, window = self.bundle.sample_rate, self.bundle.window
         for (_, start), row in zip(windows, scores, strict=True):
             self.counters.windows_scored += 1
-            window_start, window_end = start / sr, (start + window) / sr
+            window_start, window_end = start / sr, (start + (length or window)) / sr
             values = {name: float(row[col]) for name, col in self.spec.scorers.items()}
             for name, value in values.items():
                 if math.isfinite(value):
@@ -342,7 +361,8 @@ class Daemon:
             self._telemetry_span = [self._telemetry_span[0] if self._telemetry_span else clock - window / sr, clock]
             score = values[self.spec.decision_scorer]
             if not math.isfinite(score):
-                continue  # the runtime already warned; a NaN window never alerts
+                self.counters.windows_failed += 1  # the runtime already warned; a NaN window never alerts
+                continue
             event = self.engine.update(score, clock, window_start, window_end)
             if event is not None:
                 # A live stream cannot be replayed: the daemon's start time tells its runs apart.

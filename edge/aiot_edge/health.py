@@ -26,6 +26,7 @@ class Counters:
     """What the daemon has done since it started."""
 
     windows_scored: int = 0
+    windows_failed: int = 0  # windows that could not be scored or scored NaN / Inf (never alert)
     alerts_raised: int = 0
     alerts_delivered: int = 0
     spool_depth: int = 0
