@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# The hook that ends the run with the tests skipped for a missing system package (mosquitto, chromium).
+from system_packages import pytest_terminal_summary  # noqa: F401
+
 from aiot_w2v2.config import LossConfig, MaskingConfig, ModelConfig, PretrainConfig
 
 torch.set_num_threads(2)

@@ -36,6 +36,7 @@ from aiot_edge.config import EdgeConfig, with_overrides
 from aiot_edge.daemon import Daemon
 from aiot_edge.sources import Chunk, Source
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from system_packages import missing_system_package
 
 SR = 16000
 WINDOW = 1600  # 0.1 s windows, hop = window: one window per segment of the test signals
@@ -43,8 +44,8 @@ THRESHOLD = 0.7  # loud segments peak at 0.9, quiet ones at 0.0 (resampling edge
 LOUD = 0.9
 REPO = Path(__file__).resolve().parents[1]
 
-needs_mosquitto = pytest.mark.skipif(find_mosquitto() is None, reason="needs the mosquitto binary "
-                                     "(apt-get install mosquitto; .ci/run installs it)")
+MOSQUITTO_MISSING = missing_system_package("mosquitto", needed_for="a real MQTT broker")
+needs_mosquitto = pytest.mark.skipif(find_mosquitto() is None, reason=MOSQUITTO_MISSING)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
@@ -200,7 +201,7 @@ class BrokerFactory:
 @pytest.fixture(name="brokers")
 def brokers_fixture(tmp_path: Path) -> Iterator[BrokerFactory]:
     if find_mosquitto() is None:
-        pytest.skip("needs the mosquitto binary (apt-get install mosquitto)")
+        pytest.skip(MOSQUITTO_MISSING)
     factory = BrokerFactory(tmp_path / "brokers")
     try:
         yield factory

@@ -32,6 +32,7 @@ from edge_fixtures import (  # noqa: F401 - the *_fixture names register fixture
     tiny_bundle_fixture,
 )
 from paho.mqtt.enums import CallbackAPIVersion
+from system_packages import missing_system_package
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import TimeoutException, WebDriverException  # noqa: E402
@@ -54,7 +55,7 @@ def _browser_paths() -> tuple[str, str] | None:
 def browser_fixture(tmp_path: Path) -> Iterator[Any]:
     paths = _browser_paths()
     if paths is None:
-        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver; .ci/run installs them)")
+        pytest.skip(missing_system_package("chromium", "chromium-driver", needed_for="the dashboard in a real browser"))
     options = webdriver.ChromeOptions()
     options.binary_location = paths[0]
     # root in CI: no sandbox; containers have a small /dev/shm

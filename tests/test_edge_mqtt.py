@@ -36,6 +36,7 @@ from edge_fixtures import (  # noqa: F401 - the *_fixture names register fixture
     wait_for,
 )
 from paho.mqtt.enums import CallbackAPIVersion
+from system_packages import missing_system_package
 
 ALERT_FIELDS = {"event_id", "device", "machine", "ts", "score", "threshold", "scorer", "model", "severity",
                 "window_start", "window_end"}
@@ -208,7 +209,7 @@ def test_embedded_broker_amqtt() -> None:
 
 def test_embedded_broker_falls_back_to_mosquitto(monkeypatch, tmp_path) -> None:
     if find_mosquitto() is None:
-        pytest.skip("needs the mosquitto binary")
+        pytest.skip(missing_system_package("mosquitto", needed_for="a real MQTT broker"))
     monkeypatch.setitem(sys.modules, "amqtt.broker", None)  # as if amqtt were not installed
     with EmbeddedBroker(tmp_path / "fallback") as broker:
         assert broker.backend == "mosquitto"
