@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import queue
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -158,6 +159,8 @@ def make_certs(folder: Path) -> Certs:
 
 @pytest.fixture(scope="session", name="certs")
 def certs_fixture(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    if shutil.which("openssl") is None:
+        pytest.skip(missing_system_package("openssl", needed_for="the TLS tests' certificates"))
     return make_certs(tmp_path_factory.mktemp("certs"))
 
 
