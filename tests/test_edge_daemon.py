@@ -313,3 +313,19 @@ def test_non_finite_windows_are_counted_as_failed(tmp_path, brokers, daemons) ->
     assert d.wait(20) == 0, d.log()
     counters = json.loads(status.read_text())
     assert counters["windows_scored"] == 3 and counters["windows_failed"] == 2 and counters["alerts_raised"] == 0
+
+
+def test_symlink_loop_in_the_watched_folder_is_skipped(tmp_path, brokers, subscribers, daemons,
+                                                       tiny_bundle) -> None:
+    # `ln -s l.wav WATCH/l.wav` killed the source thread; the daemon stayed online and scored nothing.
+    broker = brokers().start()
+    sub = subscribers(broker, topics="aiot/+/+/alert")
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    os.symlink("l.wav", folder / "l.wav")
+    write_wav(folder / "m_good.wav", pattern_signal(2))
+    d = daemons("--config", str(_config(tmp_path, tiny_bundle, broker.port, input={"settle_s": 0.0, "poll_s": 0.05})),
+                "--source", f"folder:{folder}", "--once")
+    assert d.wait(20) == 0, d.log()
+    wait_for(lambda: len(sub.alert_ids()) == 2, what="alerts from the good file")
+    assert "l.wav" in d.log() and "cannot look at it" in d.log()

@@ -292,9 +292,9 @@ def test_audio_refuses_a_sample_rate_outside_the_sane_range(tmp_path: Path, rate
 
 def test_audio_bounds_the_resampled_length_before_allocating(tmp_path: Path) -> None:
     path = write_wav(tmp_path / "long.wav", np.zeros(8000 * 3, np.float32), sr=8000)
-    with pytest.raises(AudioFormatError, match="longer than"):
-        read_audio(path, SR, max_samples=SR * 2)  # 3 s at 16 kHz is over a 2 s bound
-    assert read_audio(path, SR, max_samples=SR * 3).shape == (SR * 3,)
+    with pytest.raises(AudioFormatError, match="longer than the 2 s"):
+        read_audio(path, SR, max_seconds=2.0)  # 3 s at 16 kHz is over a 2 s bound
+    assert read_audio(path, SR, max_seconds=3.0).shape == (SR * 3,)
 
 
 # ---------------------------------------------------------------------------------------------- stdin

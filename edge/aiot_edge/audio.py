@@ -25,9 +25,9 @@ _BLOCK = 16384  # output samples computed per vectorised step (bounds memory to 
 # Sample rates a real recording has: a header outside this range is damaged or hostile (a 1 Hz header
 # made a 128 KB file resample to gigabytes).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
-# Longest file decoded whole, in output samples: 1 hour at 16 kHz is 230 MB of float32. Longer
-# recordings go in pieces (or as a stream on stdin).
-MAX_FILE_SAMPLES = 3600 * 16_000
+# Longest file decoded whole: 1 hour at 16 kHz is 230 MB of float32. Longer recordings go in pieces
+# (or as a stream on stdin); `stream_audio` reads any length in blocks.
+MAX_FILE_SECONDS = 3600.0
 
 
 class AudioFormatError(ValueError):
@@ -41,13 +41,13 @@ def check_sample_rate(sr: int, what: str) -> None:
                                "(a damaged header?)")
 
 
-def read_audio(path: str | os.PathLike[str], target_sr: int, max_samples: int = MAX_FILE_SAMPLES) -> np.ndarray:
+def read_audio(path: str | os.PathLike[str], target_sr: int, max_seconds: float = MAX_FILE_SECONDS) -> np.ndarray:
     """Read `path` as float32 mono at `target_sr`: shape [samples].
 
     Channels are averaged; other rates are resampled with `resample`. Raises `AudioFormatError` when
     the file cannot be read, holds no samples or NaN/Inf samples, has a sample rate outside
-    1-384 kHz, or would be longer than `max_samples` at `target_sr` (checked from the header, before
-    anything is allocated).
+    1-384 kHz, or is longer than `max_seconds` (checked from the header, before anything is allocated
+    or resampled).
     """
     if target_sr <= 0:
         raise ValueError(f"target_sr must be positive, got {target_sr}")
@@ -61,9 +61,9 @@ def read_audio(path: str | os.PathLike[str], target_sr: int, max_samples: int = 
         raise AudioFormatError(f"{path}: file is shorter than its header says ({short[1]} of {short[0]} bytes; "
                                "still being copied? write to a temporary name and rename when complete)")
     n_out = resampled_length(info.frames, int(info.samplerate), target_sr)
-    if n_out > max_samples:
-        raise AudioFormatError(f"{path}: {n_out} samples at {target_sr} Hz ({n_out / target_sr:.0f} s) is longer "
-                               f"than the {max_samples} samples decoded at once; split the recording")
+    if n_out > max_seconds * target_sr:
+        raise AudioFormatError(f"{path}: {n_out / target_sr:.0f} s is longer than the {max_seconds:g} s decoded at "
+                               "once; split the recording (or stream it on stdin)")
     x, file_sr = read_mono(path)
     if file_sr != target_sr:
         x = resample(x, file_sr, target_sr)
