@@ -195,3 +195,14 @@ def test_malformed_rows_are_quarantined(tmp_path: Path, caplog: pytest.LogCaptur
     with sqlite3.connect(path) as db:
         reasons = [r[0] for r in db.execute("SELECT reason FROM quarantine ORDER BY id")]
     assert reasons[0].startswith("qos 5") and len(reasons) == 3
+
+
+def test_a_deleted_wal_is_reported(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "s.db"
+    script = (f"from aiot_edge.spool import Spool\ns = Spool({str(path)!r})\n"
+              "for i in range(48): s.put('t', 'm%d' % i)\nimport os; os._exit(0)  # no close: WAL + shm stay\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    Path(str(path) + "-wal").unlink()
+    with caplog.at_level(logging.ERROR, logger="aiot_edge.spool"), Spool(path) as spool:
+        assert spool.depth() < 48
+    assert "write-ahead log" in caplog.text and "lost data" in caplog.text
