@@ -7,10 +7,15 @@ plain MQTT subscriber), keep them across a restart, publish acks retained, and s
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import time
 from pathlib import Path
 
+import pytest
 from edge_dashboard_fixtures import dashboards_fixture  # noqa: F401 - registers the fixture
 from edge_fixtures import (  # noqa: F401 - the *_fixture names register fixtures
+    LOUD,
     brokers_fixture,
     daemons_fixture,
     edge_config,
@@ -60,11 +65,47 @@ def test_dashboard_shows_device_scores_and_every_alert_of_a_real_daemon(tmp_path
     assert (device["site"], device["device"], device["status"]) == ("lab", "pi1", "offline")
     assert (device["machine"], device["machine_id"], device["model"], device["threshold"]) == ("fan", "id_00",
                                                                                                "peak-test", 0.7)
-    assert device["last_score"] is not None
-    points = state["series"]["lab/pi1"]
-    assert points and all(p[1] >= 0 for p in points)
+    # telemetry is QoS 0 and dropped while the daemon is not yet connected (it may score these short
+    # clips before its connection is up): every score it did send arrives, no more, no less (the
+    # snapshot's chart keeps each 5 s bucket's peak, so it may hold fewer points)
+    sent = telemetry_sent(d.log())
     health = dash.get("/api/health")
+    assert health["received"].get("score", 0) == sent
+    assert (device["last_score"] is not None) == (sent > 0) == bool(state["series"].get("lab/pi1"))
     assert health["received"]["alert"] == 6 and health["dropped"] == {} and health["alerts_stored"] == 6
+
+
+def test_dashboard_charts_every_score_of_a_live_daemon(tmp_path, brokers, daemons, dashboards, tiny_bundle):
+    broker = brokers().start()
+    dash = dashboards(broker)
+    config = edge_config(tmp_path / "edge.yaml", bundle=str(tiny_bundle), broker=f"mqtt://127.0.0.1:{broker.port}",
+                         spool={"path": str(tmp_path / "spool.db")}, telemetry_every_s=0.05)
+    d = daemons("--config", str(config), "--source", "stdin", "--once", stdin=subprocess.PIPE)
+    wait_for(lambda: [x for x in dash.get("/api/state")["devices"] if x["status"] == "online"], what="online")
+    # connected before it scores: the audio goes in in pieces, so telemetry goes out between them
+    for n_loud in (1, 2, 1):
+        d.proc.stdin.write((pattern_signal(n_loud) * 32767).astype("<i2").tobytes())
+        d.proc.stdin.flush()
+        time.sleep(0.2)
+    d.proc.stdin.close()
+    assert d.wait(60) == 0, d.log()
+    sent = telemetry_sent(d.log())
+    assert sent >= 1
+    wait_for(lambda: [x for x in dash.get("/api/state")["devices"] if x["status"] == "offline"], what="offline")
+    assert dash.get("/api/health")["received"]["score"] == sent
+    state = dash.get("/api/state")
+    points = state["series"]["lab/pi1"]
+    assert 1 <= len(points) <= sent and [p[0] for p in points] == sorted(p[0] for p in points)
+    assert max(p[1] for p in points) == pytest.approx(LOUD, abs=1e-3)  # the loud windows' peak, as scored
+    # the series is charted against the threshold the device's alerts told (telemetry does not carry it)
+    assert state["devices"][0]["threshold"] == 0.7 and len(state["alerts"]) == 4
+
+
+def telemetry_sent(daemon_log: str) -> int:
+    """The daemon's own count of score messages published, from its final counters line."""
+    found = re.findall(r"final counters .*?telemetry_sent=(\d+)", daemon_log)
+    assert found, daemon_log
+    return int(found[-1])
 
 
 def test_alerts_and_acks_survive_a_restart_and_acks_are_published_retained(tmp_path, brokers, subscribers, daemons,
