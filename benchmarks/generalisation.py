@@ -108,6 +108,19 @@ def summarise(report: Path, suite_dir: Path) -> dict[tuple[str, str], float]:
     return out
 
 
+def by_family(report: Path, suite_dir: Path, scorer: str) -> dict[str, float]:
+    """Mean AUC over sections of `scorer`, per generator family of the suite."""
+    meta = pd.read_csv(suite_dir / "metadata.csv")
+    fam = {(m, f"section_{int(sec):02d}"): f for m, sec, f in zip(meta["machine"], meta["section"], meta["family"],
+                                                                 strict=True)}
+    scores = pd.read_csv(report / "scores.csv")
+    scores = scores[scores["scorer"] == scorer]
+    per: dict[str, list[float]] = {}
+    for (m, mid), g in scores.groupby(["machine", "machine_id"]):
+        per.setdefault(fam[(m, mid)], []).append(auc_pauc((g["label"] == "anomaly").astype(int), g["score"])[0])
+    return {f: float(np.mean(v)) for f, v in sorted(per.items())}
+
+
 def decision_scorer(report: Path) -> str | None:
     meta = report.parent / "model" / "scoring.json"
     return json.loads(meta.read_text()).get("config", {}).get("decision_scorer") if meta.is_file() else None
@@ -188,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             report = run_model(label, spec, suite_dirs[suite], suite, out, args.set, args.preset, args.force)
             rows.setdefault(label, {})[suite] = summarise(report, suite_dirs[suite])
             decisions[label] = decision_scorer(report)
+    families = {f"{label} ({suite})": by_family(out / label / suite / "report", suite_dirs[suite], decisions[label])
+                for label, _ in models for suite in suites if decisions.get(label)}
+    if families:
+        fam_md = to_markdown(pd.DataFrame(families).T.map(fmt))
+        (out / f"families_{'_'.join(suites)}.md").write_text(fam_md + "\n")
+        print("decision scorer's AUC per generator family:\n" + fam_md)
     if not args.no_ae:
         for suite in suites:
             rows.setdefault("AE baseline", {})[suite] = summarise(run_ae(suite_dirs[suite], suite, out),
