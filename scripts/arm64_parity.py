@@ -92,7 +92,7 @@ def compare(x86: Path, arm: Path, rtol: float, atol: float, label: str) -> bool:
     if a.keys() != b.keys():
         only_x86, only_arm = len(b.keys() - a.keys()), len(a.keys() - b.keys())
         problems.append(f"windows differ: {only_x86} only on x86, {only_arm} only on arm64")
-    max_abs, max_rel, n_values, worst = 0.0, 0.0, 0, ""
+    max_abs, max_rel, n_values, worst, worst_rel = 0.0, 0.0, 0, "", ""
     for key in sorted(a.keys() & b.keys()):
         ra, rb = a[key], b[key]
         pairs = [(f"scores.{k}", ra["scores"].get(k), v) for k, v in rb["scores"].items()]
@@ -107,7 +107,8 @@ def compare(x86: Path, arm: Path, rtol: float, atol: float, label: str) -> bool:
             rel = diff / max(abs(vb), 1e-12)
             if diff > max_abs:
                 max_abs, worst = diff, f"{key[0]} @{key[1]:g}s {name}: arm64 {va!r} x86 {vb!r}"
-            max_rel = max(max_rel, rel if abs(vb) > atol else 0.0)
+            if abs(vb) > atol and rel > max_rel:  # near 0 the absolute tolerance decides
+                max_rel, worst_rel = rel, f"{key[0]} @{key[1]:g}s {name}: arm64 {va!r} x86 {vb!r}"
             if diff > atol + rtol * abs(vb):
                 problems.append(f"{key} {name}: arm64 {va!r} vs x86 {vb!r} (|diff| {diff:.3g})")
         if ra.get("anomaly") != rb.get("anomaly"):
@@ -117,6 +118,8 @@ def compare(x86: Path, arm: Path, rtol: float, atol: float, label: str) -> bool:
           f"{max_rel:.3g} (tolerance {atol:g} + {rtol:g}*|x86|)")
     if worst:
         print(f"  largest difference: {worst}")
+    if worst_rel and worst_rel != worst:
+        print(f"  largest relative difference: {worst_rel}")
     for p in problems[:20]:
         print(f"  mismatch: {p}")
     if len(problems) > 20:
