@@ -90,7 +90,10 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 if [[ ! -e $ROOT/.complete ]]; then
   "$PY" - "$MIRROR" <<'EOF' || skip "Debian mirror $MIRROR is unreachable"
 import sys, urllib.request
-urllib.request.urlopen(sys.argv[1].rstrip("/") + "/dists/bookworm/Release", timeout=20).read(1)
+try:
+    urllib.request.urlopen(sys.argv[1].rstrip("/") + "/dists/bookworm/Release", timeout=20).read(1)
+except OSError as e:  # URLError, timeouts, refused connections
+    sys.exit(f"{sys.argv[1]}: {e}")
 EOF
   say "debootstrap bookworm arm64 from $MIRROR into $ROOT (first run only, a few minutes)"
   rm -rf "$ROOT.tmp" && mkdir -p "$CACHE"
