@@ -243,18 +243,20 @@ def test_cli_export_end_to_end_with_static_int8(fitted: Path, data: Path, tmp_pa
 def test_edge_stage_of_the_demo_returns_the_alerts(int8_bundle: Path, data: Path, tmp_path: Path) -> None:
     from aiot_w2v2.edge_demo import run_edge_stage
 
-    # Every window is over a threshold below any score (bundle.json is not covered by the sha256).
+    # Every window is over a threshold below any score (bundle.json is not covered by the sha256): a Mahalanobis
+    # distance is > 0, and thresholds must be >= 0 (the ensemble's z-scores can be negative).
     bundle = tmp_path / "bundle"
     shutil.copytree(int8_bundle, bundle)
     raw = json.loads((bundle / "bundle.json").read_text())
-    raw["machines"]["fan/id_00"]["thresholds"]["ensemble"] = -1e6
+    raw["machines"]["fan/id_00"]["decision_scorer"] = "mahalanobis"
+    raw["machines"]["fan/id_00"]["thresholds"]["mahalanobis"] = 0.0
     write_bundle_json(bundle, raw)
     files = sorted((data / "fan" / "test").glob("*.wav"))[:2]
     alerts = run_edge_stage(bundle, files, "fan", "id_00", timeout_s=60,
                             overrides={"decision.k": 1, "decision.n": 1, "decision.cooldown_s": 0.0}, echo=False)
     assert len(alerts) == 1  # every window over the threshold: one episode, one alert (k-of-n debounce)
     a = alerts[0]
-    assert (a["machine"], a["machine_id"], a["scorer"], a["threshold"]) == ("fan", "id_00", "ensemble", -1e6)
+    assert (a["machine"], a["machine_id"], a["scorer"], a["threshold"]) == ("fan", "id_00", "mahalanobis", 0.0)
     assert {"ts", "score", "severity", "window_start", "window_end", "model", "device"} <= set(a)
 
 
