@@ -495,6 +495,28 @@ def test_a_model_folder_from_before_the_rhythm_and_mel_features_loads_without_th
         assert torch.equal(old(x), load_scoring_model(tmp_path / "m")(x))
 
 
+def test_a_model_folder_from_before_fine_tuning_loads_and_scores_as_before(run: Path, data: Path,
+                                                                           tmp_path: Path) -> None:
+    old_scorers = ("contrastive", "contrastive_bank", "code_unigram", "code_bigram", "code_hist", "knn", "mahalanobis")
+    fit_scoring(run, data, tmp_path / "m", replace(CFG, scorers=old_scorers, ensemble=("mahalanobis", "knn"),
+                                                   finetune=replace(CFG.finetune, steps=0)), progress=False)
+    meta = json.loads((tmp_path / "m" / "scoring.json").read_text())
+    del meta["config"]["finetune"]  # as written before the setting existed
+    del meta["info"]["finetune"]
+    shutil.copytree(tmp_path / "m", tmp_path / "old")
+    (tmp_path / "old" / "scoring.json").write_text(json.dumps(meta))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fine-tuning was off then, and is off now: nothing to warn about
+        old = load_scoring_model(tmp_path / "old")
+    assert old.embedder is None and old.meta.config.finetune.steps == 0
+    assert not any(k.startswith("stat_lrn") for k in old.state_dict())
+    x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
+    with torch.inference_mode():
+        assert torch.equal(old(x), load_scoring_model(tmp_path / "m")(x))
+
+
 def test_windows_too_short_for_the_smoothing_are_a_config_error(run: Path, data: Path, tmp_path: Path) -> None:
     # 600 ms smoothing needs two periods (1.2 s) in a window: a 1 s window would give NaN features
     with pytest.raises(ConfigError, match=r"window_seconds 1: these settings need windows of at least 1\.2"):
