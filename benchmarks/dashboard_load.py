@@ -43,24 +43,9 @@ import numpy as np
 import paho.mqtt.client as paho
 from aiot_edge.broker import MosquittoProcess
 from paho.mqtt.enums import CallbackAPIVersion
+from procstat import proc_cpu_s, proc_mem_kb
 
 REPO = Path(__file__).resolve().parents[1]
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_mem_kb(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) in kB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    return values["VmRSS"], values["VmHWM"]
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
 class SSEClient(threading.Thread):

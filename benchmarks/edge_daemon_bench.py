@@ -43,26 +43,10 @@ import soundfile as sf
 from aiot_edge.broker import MosquittoProcess
 from aiot_edge.bundle import Bundle, write_bundle_json
 from paho.mqtt.enums import CallbackAPIVersion
+from procstat import proc_cpu_s, proc_mem_kb
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK_S = 0.1
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_rss_kb(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) in kB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    return values["VmRSS"], values["VmHWM"]
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (its threads included), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def cycle_audio(data: Path, machine: str, machine_id: str, clip_s: float, noise_s: float, sr: int) -> np.ndarray:
@@ -154,9 +138,9 @@ def main() -> None:
         if now >= next_rss:
             next_rss = now + 0.5
             if now - t0 >= args.warmup_s:
-                rss.append(proc_rss_kb(daemon.pid)[0])
+                rss.append(proc_mem_kb(daemon.pid)[0])
     cpu1, wall1 = proc_cpu_s(daemon.pid), time.time()
-    hwm = proc_rss_kb(daemon.pid)[1]
+    hwm = proc_mem_kb(daemon.pid)[1]
     time.sleep(2.0)  # the last alerts
     daemon.stdin.close()
     code = daemon.wait(60)
