@@ -55,11 +55,7 @@ def read_audio(path: str | os.PathLike[str], target_sr: int, max_seconds: float 
         info = sf.info(path)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         raise AudioFormatError(f"{path}: cannot read audio ({err})") from err
-    check_sample_rate(int(info.samplerate), str(path))
-    short = wav_shortfall(path)
-    if short is not None:
-        raise AudioFormatError(f"{path}: file is shorter than its header says ({short[1]} of {short[0]} bytes; "
-                               "still being copied? write to a temporary name and rename when complete)")
+    _check_header(path, int(info.samplerate))
     n_out = resampled_length(info.frames, int(info.samplerate), target_sr)
     if n_out > max_seconds * target_sr:
         raise AudioFormatError(f"{path}: {n_out / target_sr:.0f} s is longer than the {max_seconds:g} s decoded at "
@@ -85,11 +81,7 @@ def stream_audio(path: str | os.PathLike[str], target_sr: int, block_s: float = 
         raise AudioFormatError(f"{path}: cannot read audio ({err})") from err
     with f:
         file_sr = int(f.samplerate)
-        check_sample_rate(file_sr, str(path))
-        short = wav_shortfall(path)
-        if short is not None:
-            raise AudioFormatError(f"{path}: file is shorter than its header says ({short[1]} of {short[0]} bytes; "
-                                   "still being copied?)")
+        _check_header(path, file_sr)
         resampler = StreamResampler(file_sr, target_sr) if file_sr != target_sr else None
         frames = 0
         try:
@@ -107,6 +99,15 @@ def stream_audio(path: str | os.PathLike[str], target_sr: int, block_s: float = 
             raise AudioFormatError(f"{path}: file holds no samples")
         if resampler is not None:
             yield resampler.flush()
+
+
+def _check_header(path: str | os.PathLike[str], file_sr: int) -> None:
+    """The checks both readers make before reading samples: a sane rate and a completely written file."""
+    check_sample_rate(file_sr, str(path))
+    short = wav_shortfall(path)
+    if short is not None:
+        raise AudioFormatError(f"{path}: file is shorter than its header says ({short[1]} of {short[0]} bytes; "
+                               "still being copied? write to a temporary name and rename when complete)")
 
 
 def wav_shortfall(path: str | os.PathLike[str]) -> tuple[int, int] | None:
