@@ -272,6 +272,34 @@ def test_scorers_equal_their_definitions(run: Path, data: Path) -> None:
     assert (got["code_hist"] >= 0).all() and (got["code_hist"] <= np.log(2) * c0.shape[1] + 1e-5).all()
 
 
+def test_the_learned_scorer_is_a_mahalanobis_distance_and_old_banks_still_score(run: Path, data: Path) -> None:
+    from aiot_w2v2 import load_model
+    from aiot_w2v2.anomaly.fit import _features_of, _fit
+
+    pretrained = load_model(run / "checkpoint_last").eval()
+    fe = ScoringFrontend(pretrained, learned=True, learned_layers=("conv0", "conv2"))
+    paths = [str(p) for p in sorted((data / "fan" / "train").glob("*.wav"))]
+    per_clip, _ = extract(fe, paths, 16000, 8000, CFG, progress=False)
+    windows = [w for c in per_clip for w in c]
+    learned = np.stack([w.learned for w in windows]).astype(np.float64)
+    assert learned.shape[1] == 2 * (pretrained.wav2vec2.feature_extractor.blocks[0].conv.out_channels
+                                    + pretrained.wav2vec2.feature_extractor.blocks[2].conv.out_channels)
+    f = _features_of(windows[:3])
+    z = (learned - learned.mean(0)) / (learned.std(0) + 1e-6)
+    for shrinkage, cov in ((None, LedoitWolf()), (0.1, ShrunkCovariance(shrinkage=0.1))):
+        stats = _fit(windows, replace(CFG, learned_shrinkage=shrinkage), pretrained.quantizer.num_vars, 0)
+        got = score_windows(f, stack_stats([stats]), ("learned",), fe.logit_temp)["learned"][:, 0].numpy()
+        np.testing.assert_allclose(got, np.sqrt(cov.fit(z).mahalanobis(z[:3])), rtol=1e-3)
+    # A model fitted before (session 6) holds a bank of standardised unit-length windows instead, and its
+    # learned score stays 1 - cosine similarity to the nearest: a training window is its own neighbour.
+    mu, sd = learned.mean(0), learned.std(0) + 1e-6
+    bank = z / np.linalg.norm(z, axis=1, keepdims=True)
+    old = stack_stats([dict(lrn_mean=mu.astype(np.float32), lrn_std=sd.astype(np.float32),
+                            lrn_bank=bank.astype(np.float32), maha_mean=np.zeros(1, np.float32))])
+    got = score_windows(f, old, ("learned",), fe.logit_temp)["learned"][:, 0]
+    assert got.abs().max().item() < 1e-4
+
+
 def test_fit_never_reads_test_clips(run: Path, data: Path, fitted: Path, tmp_path: Path) -> None:
     broken = tmp_path / "data"
     shutil.copytree(data, broken)
@@ -325,16 +353,34 @@ def test_evaluate_reports_the_learned_and_the_spectral_branch(fitted: Path, data
         torch.testing.assert_close(model.frontend(x).learned, model.embedder(feats))
 
 
-def test_finetuning_off_reads_the_pretrained_transformer(run: Path, data: Path, tmp_path: Path) -> None:
+def test_finetuning_off_reads_pooled_pretrained_layers(run: Path, data: Path, tmp_path: Path) -> None:
     cfg = replace(CFG, scorers=("learned", "spectral"), ensemble=("learned", "spectral"), decision_scorer="ensemble",
-                  finetune=replace(CFG.finetune, steps=0))
+                  finetune=replace(CFG.finetune, steps=0), learned_layers=("conv0", "transformer2"))
     fit_scoring(run, data, tmp_path / "m", cfg, progress=False)
     model = load_scoring_model(tmp_path / "m")
     assert model.embedder is None and not (tmp_path / "m" / "finetune").exists()
     x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
+    w2v = model.frontend.model.wav2vec2
+    with torch.inference_mode():  # the named layers' outputs, mean and std over time, in the order named
+        block = w2v.feature_extractor.blocks[0]
+        conv0 = torch.nn.functional.gelu(block.norm(block.conv(x[:, None]).transpose(1, 2)))
+        h = w2v.extract_features(x)[2]
+        want = torch.cat([conv0.mean(1), conv0.std(1), h.mean(1), h.std(1)], 1)
+        torch.testing.assert_close(model.frontend(x).learned, want, rtol=1e-4, atol=1e-5)
+    # The scorer is a Mahalanobis distance of the standardised embedding: 0 at the normal mean, larger away.
+    stats = model.stats()
+    assert {"lrn_loc", "lrn_prec"} <= set(stats) and "lrn_bank" not in stats
+    # () = the final Transformer state (as models fitted before learned_layers existed)
+    cfg = replace(cfg, learned_layers=())
+    fit_scoring(run, data, tmp_path / "m2", cfg, progress=False)
+    model = load_scoring_model(tmp_path / "m2")
     with torch.inference_mode():
         h = model.frontend.model.wav2vec2.extract_features(x)[-1]
         torch.testing.assert_close(model.frontend(x).learned, torch.cat([h.mean(1), h.std(1)], 1))
+    with pytest.raises(ConfigError, match="learned_layers: 'mel3'"):
+        replace(cfg, learned_layers=("mel3",)).validate()
+    with pytest.raises(ConfigError, match="learned_shrinkage"):
+        replace(cfg, learned_shrinkage=1.5).validate()
     with pytest.raises(ConfigError, match="spectral scorer reads a conv"):
         replace(cfg, embedding_layer="transformer1").validate()
     with pytest.raises(ConfigError, match="finetune.steps and adapt_steps"):

@@ -52,9 +52,10 @@ class AnomalyFinetuneConfig:
     """`fit --set finetune.<key>=value`. `steps` measured on the development suite only; the other values are
     first choices, not tuned (docs/anomaly.md)."""
 
-    # updates; 0 = off (the learned scorer then reads the pretrained Transformer's states). 150 on the dev suite:
-    # learned 0.543 -> 0.564 mean AUC, fused with spectral 0.819 -> 0.849 (benchmarks/RESULTS.md, issue 12)
-    steps: int = 150
+    # updates; 0 = off (the learned scorer then reads pooled pretrained layers, `learned_layers`). Off by default:
+    # on the dev suite the fine-tuned embedding scored learned 0.53-0.56 mean AUC, the pooled conv-block
+    # outputs of the same pretraining without it 0.744 (benchmarks/RESULTS.md, "Generalisation", issue 12).
+    steps: int = 0
     lr: float = 5e-4  # AdamW peak, after `warmup_steps` of linear warm-up, cosine decay to 0
     warmup_steps: int = 30
     weight_decay: float = 0.01

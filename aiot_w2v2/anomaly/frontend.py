@@ -27,8 +27,9 @@
   (impacts, slaps, crackle) carry its energy. Also not wav2vec 2.0.
 - `learned` (B, L): what the network learned, with no fixed signal processing: the fine-tuned
   `AnomalyEmbedder`'s pooled embedding of the conv features when the model has one (`anomaly/finetune.py`),
-  else the mean and standard deviation over time of the pretrained Transformer's final state; (B, 0)
-  when no scorer reads it (`learned=False`).
+  else the mean and standard deviation over time of the outputs of the pretrained layers `learned_layers`
+  names (`conv<i>`: block i after its norm and GELU; `transformer<i>`: hidden state i), concatenated;
+  `learned_layers` empty: the final Transformer state. (B, 0) when no scorer reads it (`learned=False`).
 - `codes` (B, T, G): the quantizer's code per frame and group (argmax, as in evaluation).
 - `context` (B, T, F) and `targets` (B, T, F), unit length: the contrastive prediction of every
   frame, from the pass in which that frame was masked, and its quantized target. Masks are fixed:
@@ -90,7 +91,7 @@ class ScoringFrontend(nn.Module):
                  sample_rate: int = 16000, codes: bool = True, mel_bins: int = 0, mel_fft: int = 1024,
                  mel_hop_ms: float = 20.0, kurtosis_bands: int = 0, kurtosis_fft: int = 256,
                  kurtosis_hop_ms: float = 4.0, learned: bool = False,
-                 embedder: AnomalyEmbedder | None = None) -> None:
+                 embedder: AnomalyEmbedder | None = None, learned_layers: tuple[str, ...] = ()) -> None:
         super().__init__()
         if model.quantizer is None:
             raise ValueError("the scorers need a model with its quantizer (a pretraining checkpoint)")
@@ -112,6 +113,11 @@ class ScoringFrontend(nn.Module):
         self.learned = learned
         self.embedder = embedder if learned else None
         self.full_stack = self.codes or learned
+        n_conv, n_tf = len(w2v.feature_extractor.blocks), len(w2v.encoder.layers)
+        layers = [parse_layer(name, n_conv, n_tf) for name in learned_layers] or [("transformer", n_tf)]
+        self.learned_conv = [i for kind, i in layers if kind == "conv"]
+        self.learned_transformer = [i for kind, i in layers if kind == "transformer"]
+        self.learned_order = layers  # concatenation order of the pooled statistics
         self.logit_temp = model.loss_config.logit_temp
         if energy_smoothing_ms <= 0:
             raise ValueError(f"energy_smoothing_ms must be > 0, got {energy_smoothing_ms}")
@@ -229,14 +235,16 @@ class ScoringFrontend(nn.Module):
             need.append(self.kurtosis_fft + self.kurtosis_hop)
         return max(need)
 
-    def _conv_stack(self, audio: Tensor) -> tuple[Tensor, Tensor | None]:
-        """audio (B, S) -> final conv features (B, T, C) and the chosen layer's pre-norm output (B, T_i, C_i).
+    def _conv_stack(self, audio: Tensor) -> tuple[Tensor, Tensor | None, dict[int, Tensor]]:
+        """audio (B, S) -> final conv features (B, T, C), the chosen layer's pre-norm output (B, T_i, C_i),
+        and the mean and std over time of the output of each conv block the learned embedding reads.
 
-        Without `codes` it stops at the chosen layer (the features returned are that layer's output)."""
+        Without `codes` or `learned` it stops at the chosen layer (the features returned are that layer's output)."""
         fe = self.model.wav2vec2.feature_extractor
         time_major = fe.blocks[0].time_major
         x = audio[:, :, None] if time_major else audio[:, None, :]
         tap = None
+        pooled: dict[int, Tensor] = {}
         for i, block in enumerate(fe.blocks):
             if time_major:
                 pre = F.conv1d(x.transpose(1, 2), block.conv.weight, block.conv.bias, block.stride).transpose(1, 2)
@@ -246,12 +254,15 @@ class ScoringFrontend(nn.Module):
                 pre = F.conv1d(x, block.conv.weight, block.conv.bias, block.stride)  # (B, C_i, T_i)
                 x = F.gelu(block.norm(pre) if block.norm is not None else pre)
                 pre_tm = pre.transpose(1, 2)
+            if self.learned and self.embedder is None and i in self.learned_conv:
+                out_tm = x if time_major else x.transpose(1, 2)  # (B, T_i, C_i)
+                pooled[i] = torch.cat([out_tm.mean(1), out_tm.std(1)], 1)
             if self.kind == "conv" and i == self.layer:
                 tap = pre_tm
                 if not self.full_stack:
                     break
         feats = x if time_major else x.transpose(1, 2)  # (B, T, C)
-        return feats, tap
+        return feats, tap, pooled
 
     def _energy_embedding(self, pre: Tensor) -> Tensor:
         """pre (B, T_i, C) -> (B, 2C [+ bands * lags]): mean log energy per channel, std over time of its
@@ -281,7 +292,7 @@ class ScoringFrontend(nn.Module):
 
     def forward(self, audio: Tensor) -> WindowFeatures:
         w2v = self.model.wav2vec2
-        feats, tap = self._conv_stack(audio)
+        feats, tap, pooled = self._conv_stack(audio)
         B = audio.shape[0]
         learned = audio.new_zeros(B, 0)
         if self.embedder is not None:
@@ -291,7 +302,7 @@ class ScoringFrontend(nn.Module):
             q = self.model.quantizer
             dim = self.model.final_proj.out_features
             if self.learned and self.embedder is None:
-                learned = self._transformer_states(feats)
+                learned = self._learned_states(feats, pooled)
             return WindowFeatures(embedding, torch.zeros(B, 0, q.num_groups, dtype=torch.long, device=audio.device),
                                   embedding.new_zeros(B, 0, dim), embedding.new_zeros(B, 0, dim),
                                   embedding.new_zeros(B, 0), learned)
@@ -300,7 +311,7 @@ class ScoringFrontend(nn.Module):
         projected = w2v.post_extract_proj(feats) if w2v.post_extract_proj is not None else feats  # (B, T, D)
         T = feats.shape[1]
         if self.learned and self.embedder is None:
-            learned = self._transformer_states(conv_out)
+            learned = self._learned_states(conv_out, pooled)
 
         # Targets: hard codes (argmax) of every frame, as the quantizer in evaluation mode.
         q = self.model.quantizer
@@ -342,10 +353,17 @@ class ScoringFrontend(nn.Module):
 
         return WindowFeatures(embedding, codes, context, targets, self_loss, learned)
 
-    def _transformer_states(self, conv_out: Tensor) -> Tensor:
-        """conv features (B, T, C) -> (B, 2D): mean and std over time of the pretrained final Transformer state."""
-        w2v = self.model.wav2vec2
-        x = w2v.layer_norm(conv_out)
-        x = w2v.post_extract_proj(x) if w2v.post_extract_proj is not None else x
-        h = w2v.encoder(x, None)[-1]  # (B, T, D)
-        return torch.cat([h.mean(1), h.std(1)], 1)
+    def _learned_states(self, conv_out: Tensor, pooled: dict[int, Tensor]) -> Tensor:
+        """conv features (B, T, C) and the pooled conv outputs -> (B, L): mean and std over time of each
+        layer of `learned_layers`, in its order (Transformer states computed here, only as deep as needed)."""
+        states: list[Tensor] = []
+        if self.learned_transformer:
+            w2v = self.model.wav2vec2
+            x = w2v.layer_norm(conv_out)
+            x = w2v.post_extract_proj(x) if w2v.post_extract_proj is not None else x
+            states = w2v.encoder(x, None, num_layers=max(self.learned_transformer))
+        parts = []
+        for kind, i in self.learned_order:
+            h = states[i] if kind == "transformer" else None
+            parts.append(pooled[i] if h is None else torch.cat([h.mean(1), h.std(1)], 1))
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]

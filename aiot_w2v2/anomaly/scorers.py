@@ -16,9 +16,11 @@ along the first axis). The scores are plain tensor math, so `ScoringModel` trace
 - `knn`               1 - mean cosine similarity to the k nearest normal embeddings (standardised).
 - `mahalanobis`       Mahalanobis distance of the embedding (covariance shrunk towards a scaled identity,
                       `mahalanobis_shrinkage`; Ledoit-Wolf with null; scikit-learn).
-- `learned`           what the network learned alone: 1 - cosine similarity to the nearest normal window's
-                      `learned` embedding (the fine-tuned pooled embedding, or the pretrained Transformer's
-                      states), after standardising like `knn`. No log-mel, kurtosis or energy statistics.
+- `learned`           what the network learned alone: the Mahalanobis distance of the standardised `learned`
+                      embedding (the fine-tuned pooled embedding, or pooled outputs of pretrained layers),
+                      covariance shrunk by `learned_shrinkage` (Ledoit-Wolf with null). No log-mel, kurtosis
+                      or energy statistics. Models fitted before it was a Mahalanobis distance carry a bank
+                      (`lrn_bank`) and score 1 - cosine similarity to the nearest normal window, as then.
 - `spectral`          the fixed signal-processing branch alone: the Mahalanobis distance of a `conv<i>`
                       embedding (conv energies, rhythm, log-mel, spectral kurtosis); the same statistics
                       and value as `mahalanobis` with such an embedding, under the name reports compare.
@@ -45,9 +47,11 @@ EMBEDDING_SCORERS = ("knn", "mahalanobis", "learned", "spectral")  # need no cod
 
 def fit_stats(embeddings: np.ndarray, codes: list[np.ndarray], bank_targets: np.ndarray, bank_codes: np.ndarray,
               num_vars: int, smoothing: float, max_knn: int, rng: np.random.Generator,
-              shrinkage: float | None = None, learned: np.ndarray | None = None) -> dict[str, np.ndarray]:
+              shrinkage: float | None = None, learned: np.ndarray | None = None,
+              learned_shrinkage: float | None = None) -> dict[str, np.ndarray]:
     """embeddings (N, D); codes: per window (T, G) ints; bank_targets (Nb, F), bank_codes (Nb, G);
-    learned (N, L) the `learned` embeddings (None: the scorer is not fitted).
+    learned (N, L) the `learned` embeddings (None: the scorer is not fitted), its covariance shrunk by
+    `learned_shrinkage` (None: Ledoit-Wolf).
 
     `shrinkage`: of the Mahalanobis covariance towards a scaled identity; None = Ledoit-Wolf's estimate.
     A small value makes the distance mostly the residual outside the subspace normal windows span.
@@ -75,7 +79,7 @@ def fit_stats(embeddings: np.ndarray, codes: list[np.ndarray], bank_targets: np.
     bank = z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-8)
     lw = LedoitWolf() if shrinkage is None else ShrunkCovariance(shrinkage=shrinkage)
     lw.fit(embeddings.astype(np.float64))
-    extra = {} if learned is None else _fit_learned(learned, max_knn, rng)
+    extra = {} if learned is None else _fit_learned(learned, learned_shrinkage)
     return extra | dict(
         uni_logp=np.log(uni_p).astype(np.float32),
         big_logp=np.log(big_p).astype(np.float32),
@@ -87,14 +91,14 @@ def fit_stats(embeddings: np.ndarray, codes: list[np.ndarray], bank_targets: np.
     )
 
 
-def _fit_learned(learned: np.ndarray, max_knn: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The `learned` scorer's bank: standardised, unit-length normal embeddings (at most `max_knn`)."""
+def _fit_learned(learned: np.ndarray, shrinkage: float | None) -> dict[str, np.ndarray]:
+    """The `learned` scorer's statistics: standardisation, then the location and shrunk precision."""
     mu, sd = learned.mean(0), learned.std(0) + 1e-6
     z = (learned - mu) / sd
-    if z.shape[0] > max_knn:
-        z = z[np.sort(rng.choice(z.shape[0], max_knn, replace=False))]
-    bank = z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-8)
-    return dict(lrn_mean=mu.astype(np.float32), lrn_std=sd.astype(np.float32), lrn_bank=bank.astype(np.float32))
+    cov = LedoitWolf() if shrinkage is None else ShrunkCovariance(shrinkage=shrinkage)
+    cov.fit(z.astype(np.float64))
+    return dict(lrn_mean=mu.astype(np.float32), lrn_std=sd.astype(np.float32),
+                lrn_loc=cov.location_.astype(np.float32), lrn_prec=cov.precision_.astype(np.float32))
 
 
 def stack_stats(per_entry: list[dict[str, np.ndarray]]) -> dict[str, Tensor]:
@@ -136,6 +140,12 @@ def _nearest(x: Tensor, mean: Tensor, std: Tensor, bank: Tensor, valid: Tensor, 
     return 1.0 - sim.topk(k, dim=-1).values.mean(-1)
 
 
+def _mahalanobis(x: Tensor, mean: Tensor, prec: Tensor) -> Tensor:
+    """x (B, D) or (B, E, D), mean (E, D), prec (E, D, D) -> (B, E) Mahalanobis distances."""
+    d = (x[:, None] if x.dim() == 2 else x) - mean[None]  # (B, E, D)
+    return torch.sqrt(torch.einsum("bed,edk,bek->be", d, prec, d).clamp(min=0.0))
+
+
 def score_windows(f: WindowFeatures, s: dict[str, Tensor], scorers: tuple[str, ...], logit_temp: float,
                   knn_k: int = 1, topk: int = 0) -> dict[str, Tensor]:
     """Every scorer in `scorers` (names from SCORERS) -> (B, E) scores."""
@@ -174,9 +184,11 @@ def score_windows(f: WindowFeatures, s: dict[str, Tensor], scorers: tuple[str, .
     if "knn" in scorers:
         out["knn"] = _nearest(f.embedding, s["emb_mean"], s["emb_std"], s["knn_bank"], s["knn_valid"], knn_k)
     if "mahalanobis" in scorers or "spectral" in scorers:
-        d = f.embedding[:, None] - s["maha_mean"][None]  # (B, E, D)
-        maha = torch.sqrt(torch.einsum("bed,edk,bek->be", d, s["maha_prec"], d).clamp(min=0.0))
+        maha = _mahalanobis(f.embedding, s["maha_mean"], s["maha_prec"])
         out.update({name: maha for name in ("mahalanobis", "spectral") if name in scorers})
-    if "learned" in scorers:
+    if "learned" in scorers and "lrn_prec" in s:
+        z = (f.learned[:, None] - s["lrn_mean"][None]) / s["lrn_std"][None]  # (B, E, L)
+        out["learned"] = _mahalanobis(z, s["lrn_loc"], s["lrn_prec"])
+    elif "learned" in scorers and "lrn_bank" in s:  # a model fitted before the learned scorer was a Mahalanobis distance
         out["learned"] = _nearest(f.learned, s["lrn_mean"], s["lrn_std"], s["lrn_bank"], s["lrn_valid"], knn_k)
     return out

@@ -12,6 +12,7 @@ statistics) and `scoring.json` (format, configs, entries, thresholds, calibratio
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -30,6 +31,7 @@ from .frontend import ScoringFrontend, WindowFeatures
 from .scorers import EMBEDDING_SCORERS, ENSEMBLE, SCORERS, score_windows
 
 FORMAT, VERSION = "aiot-w2v2-scoring", 1
+LEARNED_LAYERS = ("conv0", "conv2", "conv4")  # the learned scorer's default layers (see ScoringConfig)
 SHARED = "shared"  # the frontend key of the pretrained model shared by every machine type
 WEIGHTS, META = "scoring.safetensors", "scoring.json"
 
@@ -92,6 +94,12 @@ class ScoringConfig:
     # Anomaly fine-tuning before fitting (`finetune.steps` 0 = off): the `learned` scorer's embedding
     # (anomaly/finetune.py). Only with the shared model (not with adapt_steps).
     finetune: AnomalyFinetuneConfig = AnomalyFinetuneConfig()
+    # The `learned` scorer without fine-tuning: the mean and std over time of these pretrained layers'
+    # outputs (conv<i> after its norm, transformer<i>), concatenated; () = the final Transformer state.
+    # Its distance: Mahalanobis of the standardised embedding, covariance shrunk by `learned_shrinkage`
+    # (None = Ledoit-Wolf). Chosen on the dev suite (benchmarks/RESULTS.md, "Generalisation").
+    learned_layers: tuple[str, ...] = LEARNED_LAYERS
+    learned_shrinkage: float | None = None
     threshold_percentile: float = 0.9  # gamma fit (DCASE baseline)
     batch_windows: int = 32
     seed: int = 0
@@ -114,8 +122,13 @@ class ScoringConfig:
         for name in ("mask_span", "mask_patterns", "bank_frames", "knn_k", "max_knn_windows", "batch_windows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.mahalanobis_shrinkage is not None and not 0 <= self.mahalanobis_shrinkage < 1:
-            raise ConfigError(f"mahalanobis_shrinkage must be in [0, 1) or null, got {self.mahalanobis_shrinkage}")
+        for name in ("mahalanobis_shrinkage", "learned_shrinkage"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ConfigError(f"{name} must be in [0, 1) or null, got {value}")
+        for name in self.learned_layers:
+            if not re.fullmatch(r"(conv|transformer)\d+", name):
+                raise ConfigError(f"learned_layers: {name!r} is not conv<i> or transformer<i>")
         if self.envelope_bands < 0 or (self.envelope_bands and (self.envelope_frame_ms <= 0 or not self.envelope_lags_ms
                                                                 or min(self.envelope_lags_ms) <= 0)):
             raise ConfigError("envelope_bands must be >= 0; with bands, envelope_frame_ms and every lag in "
@@ -165,7 +178,7 @@ LEGACY_DEFAULTS = {"envelope_bands": 0, "envelope_frame_ms": ScoringConfig.envel
                    "envelope_lags_ms": list(ScoringConfig.envelope_lags_ms), "mel_bins": 0,
                    "mel_fft": ScoringConfig.mel_fft, "mel_hop_ms": ScoringConfig.mel_hop_ms, "kurtosis_bands": 0,
                    "kurtosis_fft": ScoringConfig.kurtosis_fft, "kurtosis_hop_ms": ScoringConfig.kurtosis_hop_ms,
-                   "finetune": {"steps": 0}}
+                   "finetune": {"steps": 0}, "learned_layers": []}
 
 
 @dataclass
@@ -217,7 +230,8 @@ def make_frontend(model: Wav2Vec2ForPreTraining, cfg: ScoringConfig,
                            cfg.envelope_frame_ms, tuple(cfg.envelope_lags_ms), codes=cfg.needs_codes(),
                            mel_bins=cfg.mel_bins, mel_fft=cfg.mel_fft, mel_hop_ms=cfg.mel_hop_ms,
                            kurtosis_bands=cfg.kurtosis_bands, kurtosis_fft=cfg.kurtosis_fft,
-                           kurtosis_hop_ms=cfg.kurtosis_hop_ms, learned="learned" in cfg.scorers, embedder=embedder)
+                           kurtosis_hop_ms=cfg.kurtosis_hop_ms, learned="learned" in cfg.scorers, embedder=embedder,
+                           learned_layers=tuple(cfg.learned_layers))
 
 
 def entry_key(machine: str, machine_id: str) -> str:
