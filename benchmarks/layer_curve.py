@@ -6,7 +6,7 @@ whole `fit` + `evaluate`). For each model (a random initialisation of the preset
 output of every conv block (after its norm and GELU) and every Transformer hidden state is pooled over
 the whole clip (mean and std over time); per machine section a Ledoit-Wolf Gaussian is fitted on the
 standardised normal training clips, and the Mahalanobis distance of each test clip is its anomaly score.
-Prints and writes OUT/layer_curve.csv / .md: mean AUC over the sections per layer (and per named
+Prints and writes OUT/layer_curve_<suites>.csv / .md: mean AUC over the sections per layer (and per named
 combination, e.g. the `learned` scorer's default `conv0+conv2+conv4`) against updates, per suite.
 
 Nothing here is chosen: it measures a representation. Run the `heldout` suite once, at the end of a change.
@@ -121,12 +121,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{suite} step {step}] learned default {best['+'.join(LEARNED_LAYERS)]:.3f}; best layer "
                   f"{best.index[-1]} {best.iloc[-1]:.3f}", flush=True)
     table = pd.concat(results)
-    table.to_csv(args.out / "layer_curve.csv", index=False)
+    name = "layer_curve_" + "_".join(args.suite or ["dev"])  # one file per suite set: a later run keeps the other
+    table.to_csv(args.out / f"{name}.csv", index=False)
     wide = table.groupby(["suite", "step", "layer"]).auc.mean().unstack("layer").round(3)
     order = [c for c in wide.columns if c.startswith("conv") and "+" not in c]
     order += [c for c in wide.columns if c.startswith("transformer")] + [c for c in wide.columns if "+" in c]
     md = markdown(wide[order].reset_index())
-    (args.out / "layer_curve.md").write_text(md)
+    (args.out / f"{name}.md").write_text(md)
     print(md)
     return 0
 
