@@ -25,41 +25,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generalisation import ensure_suite, random_checkpoint  # noqa: E402
 
+from aiot_w2v2.anomaly.frontend import ScoringFrontend  # noqa: E402
 from aiot_w2v2.anomaly.scoring_model import LEARNED_LAYERS  # noqa: E402
 from aiot_w2v2.audio import load_audio  # noqa: E402
 from aiot_w2v2.checkpoint import load_pretrained  # noqa: E402
 
 
 def pooled_layers(model: torch.nn.Module, wave: np.ndarray) -> dict[str, np.ndarray]:
-    """One clip -> {layer name: mean and std over time of its output} for every conv block and hidden state."""
+    """One clip -> {layer name: mean and std over time of its output} for every conv block and hidden state,
+    computed by the scoring frontend itself (the `learned` embedding with every layer named)."""
     w2v = model.wav2vec2
-    x = torch.from_numpy(wave)[None]
-    out: dict[str, np.ndarray] = {}
-    time_major = w2v.feature_extractor.blocks[0].time_major  # layer-norm blocks: (B, T, C); else (B, C, T)
-    h = x[:, :, None] if time_major else x[:, None, :]
-    for i, block in enumerate(w2v.feature_extractor.blocks):
-        if time_major:
-            h = F.gelu(block.norm(F.conv1d(h.transpose(1, 2), block.conv.weight, block.conv.bias,
-                                           block.stride).transpose(1, 2)))
-            tm = h
-        else:
-            pre = F.conv1d(h, block.conv.weight, block.conv.bias, block.stride)
-            h = F.gelu(block.norm(pre) if block.norm is not None else pre)
-            tm = h.transpose(1, 2)
-        out[f"conv{i}"] = torch.cat([tm.mean(1), tm.std(1)], 1)[0].numpy()
-    feats = tm
-    z = w2v.layer_norm(feats)
-    z = w2v.post_extract_proj(z) if w2v.post_extract_proj is not None else z
-    for j, s in enumerate(w2v.encoder(z, None)):
-        out[f"transformer{j}"] = torch.cat([s.mean(1), s.std(1)], 1)[0].numpy()
-    return out
+    convs = [f"conv{i}" for i in range(len(w2v.feature_extractor.blocks))]
+    names = convs + [f"transformer{j}" for j in range(len(w2v.encoder.layers) + 1)]
+    frontend = ScoringFrontend(model, contrastive=False, codes=False, learned=True, learned_layers=tuple(names))
+    learned = frontend(torch.from_numpy(wave)[None]).learned[0].numpy()
+    sizes = [2 * b.conv.out_channels for b in w2v.feature_extractor.blocks]
+    sizes += [2 * w2v.config.embed_dim] * (len(names) - len(convs))
+    return dict(zip(names, np.split(learned, np.cumsum(sizes)[:-1]), strict=True))
 
 
 def section_aucs(meta: pd.DataFrame, feats: dict[str, np.ndarray], combos: dict[str, list[str]]) -> pd.DataFrame:
