@@ -109,7 +109,7 @@ class ScoringFrontend(nn.Module):
         # False with a conv embedding: stop after that conv layer (codes, context, targets have no frames);
         # a bundle of embedding scorers alone then runs one or a few convs instead of the whole model.
         self.codes = codes or self.kind != "conv"
-        # The learned embedding needs the whole conv stack; `embedder` None: the pretrained Transformer's states.
+        # The learned embedding needs the whole conv stack; `embedder` None: pooled pretrained layers (`learned_layers`).
         self.learned = learned
         self.embedder = embedder if learned else None
         self.full_stack = self.codes or learned
