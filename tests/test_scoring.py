@@ -243,7 +243,7 @@ def test_scorers_equal_their_definitions(run: Path, data: Path) -> None:
     from aiot_w2v2 import load_model
 
     pretrained = load_model(run / "checkpoint_last").eval()
-    fe = ScoringFrontend(pretrained)
+    fe = ScoringFrontend(pretrained, learned=True)  # CFG's scorers hold `learned`
     paths = [str(p) for p in sorted((data / "fan" / "train").glob("*.wav"))]
     per_clip, errors = extract(fe, paths, 16000, 8000, CFG, progress=False)
     assert not errors

@@ -85,8 +85,6 @@ def _fit(windows: list[_Window], cfg: ScoringConfig, num_vars: int, seed: int) -
     rng = np.random.default_rng(seed)
     bank_t, bank_c = _bank(windows, cfg.bank_frames, rng)
     learned = np.stack([w.learned for w in windows]) if "learned" in cfg.scorers else None
-    if learned is not None and learned.shape[1] == 0:  # a frontend without the learned embedding
-        learned = None
     return fit_stats(np.stack([w.embedding for w in windows]), [w.codes for w in windows], bank_t, bank_c,
                      num_vars, cfg.code_smoothing, cfg.max_knn_windows, rng, cfg.mahalanobis_shrinkage, learned,
                      cfg.learned_shrinkage)

@@ -109,7 +109,7 @@ class ScoringFrontend(nn.Module):
         # False with a conv embedding: stop after that conv layer (codes, context, targets have no frames);
         # a bundle of embedding scorers alone then runs one or a few convs instead of the whole model.
         self.codes = codes or self.kind != "conv"
-        # The learned embedding needs the whole conv stack; `embedder` None: pooled pretrained layers (`learned_layers`).
+        # The learned embedding needs the whole conv stack; without `embedder` it pools `learned_layers`.
         self.learned = learned
         self.embedder = embedder if learned else None
         self.full_stack = self.codes or learned
@@ -362,8 +362,6 @@ class ScoringFrontend(nn.Module):
             x = w2v.layer_norm(conv_out)
             x = w2v.post_extract_proj(x) if w2v.post_extract_proj is not None else x
             states = w2v.encoder(x, None, num_layers=max(self.learned_transformer))
-        parts = []
-        for kind, i in self.learned_order:
-            h = states[i] if kind == "transformer" else None
-            parts.append(pooled[i] if h is None else torch.cat([h.mean(1), h.std(1)], 1))
+        parts = [pooled[i] if kind == "conv" else torch.cat([states[i].mean(1), states[i].std(1)], 1)
+                 for kind, i in self.learned_order]
         return torch.cat(parts, 1) if len(parts) > 1 else parts[0]

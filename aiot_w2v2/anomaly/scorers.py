@@ -189,6 +189,6 @@ def score_windows(f: WindowFeatures, s: dict[str, Tensor], scorers: tuple[str, .
     if "learned" in scorers and "lrn_prec" in s:
         z = (f.learned[:, None] - s["lrn_mean"][None]) / s["lrn_std"][None]  # (B, E, L)
         out["learned"] = _mahalanobis(z, s["lrn_loc"], s["lrn_prec"])
-    elif "learned" in scorers and "lrn_bank" in s:  # fitted before it was a Mahalanobis distance
+    elif "learned" in scorers:  # fitted before it was a Mahalanobis distance
         out["learned"] = _nearest(f.learned, s["lrn_mean"], s["lrn_std"], s["lrn_bank"], s["lrn_valid"], knn_k)
     return out
