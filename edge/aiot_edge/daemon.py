@@ -171,12 +171,14 @@ class Daemon:
     def run(self) -> int:
         """Run until stopped (or, with `once`, until done); returns an `ExitCode`."""
         with contextlib.ExitStack() as stack:
+            # Before anything connects: a SIGTERM right after "online" is published must stop cleanly
+            # (offline, spool flushed), not kill the process with the default action.
+            stack.enter_context(self._signals())
             try:
                 reader = self._start(stack)
             except (BundleError, SourceError, SpoolError, BrokerUnavailable, ConfigError, OSError, ValueError) as err:
                 log.error("cannot start: %s", err, extra=fields(error=type(err).__name__))
                 return ExitCode.CONFIG
-            stack.enter_context(self._signals())
             self.started.set()
             sd_notify("READY=1")
             try:
