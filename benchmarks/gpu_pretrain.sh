@@ -3,17 +3,19 @@
 # then two tiny-preset runs side by side on one GPU, 8x the CPU run's batch:
 #   A  resumes a CPU run's checkpoint (RESUME_FROM) and continues it on the broad corpus;
 #   B  starts from random initialisation on the same corpus (what GPU-scale pretraining buys alone).
+# Without RESUME_FROM only B runs (with A's loader workers too).
 # Kept checkpoints (config + weights, no optimiser state) come back as OUT/<run>_<step>.tar,
 # the metrics and logs as OUT/logs.tar. Everything stops by DEADLINE_S seconds after the start.
 #
 #   OUT=/tmp/out RESUME_FROM=runs/pretrain_long/checkpoint_last bash benchmarks/gpu_pretrain.sh
+#   OUT=/tmp/out DEADLINE_S=280 bash benchmarks/gpu_pretrain.sh          # B alone
 #
 # Knobs (environment): HOURS_EACH (corpus hours per writer job, 16 jobs), INSTANCES (machine instances
 # per type and family), BATCH_S (audio seconds per batch), DEADLINE_S, DEVICE (cuda|cpu|auto),
 # WORKERS (loader processes per run), KEEP_A / KEEP_B (checkpoints returned per run).
 set -u
 OUT=${OUT:?set OUT}
-RESUME_FROM=${RESUME_FROM:?set RESUME_FROM to a pretraining checkpoint folder}
+RESUME_FROM=${RESUME_FROM:-}
 HOURS_EACH=${HOURS_EACH:-0.5}
 INSTANCES=${INSTANCES:-32}
 BATCH_S=${BATCH_S:-192}
@@ -54,25 +56,30 @@ common=(--config tiny --data "${dirs[@]}" --quiet --set "data.max_batch_seconds=
         --set "train.max_minutes=$minutes" --set "train.device=$DEVICE")
 rm -rf "$WORK/A" "$WORK/B"
 mkdir -p "$WORK/A"
-cp -r "$RESUME_FROM" "$WORK/A/checkpoint_last"
-timeout "$left" $PY -m aiot_w2v2 pretrain "${common[@]}" --out "$WORK/A" --resume \
-    --set optim.max_steps=24000 > "$WORK/A.log" 2>&1 &
-pid_a=$!
+pid_a=0 keep_a=0
+if [ -n "$RESUME_FROM" ]; then
+    cp -r "$RESUME_FROM" "$WORK/A/checkpoint_last"
+    timeout "$left" $PY -m aiot_w2v2 pretrain "${common[@]}" --out "$WORK/A" --resume \
+        --set optim.max_steps=24000 > "$WORK/A.log" 2>&1 &
+    pid_a=$!
+    bash benchmarks/keep_checkpoints.sh "$WORK/A" "$pid_a" 5 > "$WORK/keep_A.log" 2>&1 &
+    keep_a=$!
+else
+    common+=(--set "data.num_workers=$(( 2 * WORKERS ))")  # the later --set wins
+fi
 timeout "$left" $PY -m aiot_w2v2 pretrain "${common[@]}" --out "$WORK/B" \
     --set optim.max_steps=20000 --set optim.warmup_steps=300 > "$WORK/B.log" 2>&1 &
 pid_b=$!
-bash benchmarks/keep_checkpoints.sh "$WORK/A" "$pid_a" 5 > "$WORK/keep_A.log" 2>&1 &
-keep_a=$!
 bash benchmarks/keep_checkpoints.sh "$WORK/B" "$pid_b" 5 > "$WORK/keep_B.log" 2>&1 &
 keep_b=$!
-( while kill -0 "$pid_a" 2>/dev/null || kill -0 "$pid_b" 2>/dev/null; do
+( while { [ "$pid_a" != 0 ] && kill -0 "$pid_a" 2>/dev/null; } || kill -0 "$pid_b" 2>/dev/null; do
       sleep 30; say "A $(tail -n 1 "$WORK/A/metrics.csv" 2>/dev/null | cut -d, -f1,3,7,16)" \
                     "B $(tail -n 1 "$WORK/B/metrics.csv" 2>/dev/null | cut -d, -f1,3,7,16)"
   done ) &
 watch=$!
-wait "$pid_a"; say "A exited $?"
+[ "$pid_a" != 0 ] && { wait "$pid_a"; say "A exited $?"; wait "$keep_a"; }
 wait "$pid_b"; say "B exited $?"
-wait "$keep_a" "$keep_b"
+wait "$keep_b"
 kill "$watch" 2>/dev/null
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv 2>/dev/null
 
