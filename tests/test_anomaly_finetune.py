@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from aiot_w2v2.anomaly.embedder import AnomalyEmbedder
+from aiot_w2v2.anomaly.embedder import AnomalyEmbedder, ConvEmbedder
 from aiot_w2v2.anomaly.finetune import AnomalyFinetuneConfig, finetune_embedder
 from aiot_w2v2.anomaly.margin import AngularMarginHead, arcface_cosine
 from aiot_w2v2.anomaly.pseudo import make_batch
 from aiot_w2v2.checkpoint import CheckpointError
-from aiot_w2v2.config import LossConfig, PretrainConfig
+from aiot_w2v2.config import ConfigError, LossConfig, PretrainConfig
 from aiot_w2v2.model import Wav2Vec2ForPreTraining
 from aiot_w2v2.synth import generate_dataset
 
@@ -158,3 +158,60 @@ def test_resuming_from_another_pretrained_config_is_refused_with_the_difference(
     other, ocfg = _pretrained(embed_dim=48, ffn_dim=96)
     with pytest.raises(CheckpointError, match=r"embed_dim: 32 -> 48.*ffn_dim: 64 -> 96"):
         finetune_embedder(other, ocfg, paths, keys, keys, FAST, tmp_path, progress=False, resume=True)
+
+
+def _pooled_blocks(w2v, x: torch.Tensor, layers: tuple[int, ...]) -> torch.Tensor:
+    """Mean and std over time of the pretrained conv blocks' outputs (the `learned` embedding without fine-tuning)."""
+    out, parts = x[:, :, None], []
+    for i, block in enumerate(w2v.feature_extractor.blocks[: max(layers) + 1]):
+        out, _ = block(out, None)
+        if i in layers:
+            parts += [out.mean(1), out.std(1)]
+    return torch.cat(parts, 1)
+
+
+def test_conv_part_trains_a_copy_of_the_conv_blocks_and_resumes_exactly(
+        clips: tuple[list[str], list[str]], tmp_path: Path) -> None:
+    paths, keys = clips
+    model, pcfg = _pretrained()
+    w2v = model.wav2vec2
+    frozen = {k: v.clone() for k, v in w2v.feature_extractor.state_dict().items()}
+    x = torch.randn(2, 8000)
+    with torch.no_grad():  # untrained, the copy pools exactly what the learned scorer reads without fine-tuning
+        torch.testing.assert_close(ConvEmbedder(w2v, (0, 2), 16).pooled(x), _pooled_blocks(w2v, x, (0, 2)))
+    cfg = AnomalyFinetuneConfig(**{**FAST.__dict__, "part": "conv", "conv_lr": 1e-3, "lr": 3e-3, "steps": 30,
+                                   "scale": 10.0, "subclusters": 1, "mixup_prob": 0.0, "exchange_prob": 0.0})
+    whole, summary = finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "a", conv_layers=(0, 2),
+                                       progress=False)
+    assert isinstance(whole, ConvEmbedder) and not whole.training and len(whole.blocks) == 3
+    assert summary.final_loss < summary.first_loss
+    for k, v in w2v.feature_extractor.state_dict().items():  # the pretrained encoder never moves
+        assert torch.equal(v, frozen[k]), k
+    assert not torch.equal(whole.blocks[0].conv.weight, w2v.feature_extractor.blocks[0].conv.weight)
+    with torch.no_grad():
+        assert whole.pooled(x).shape == (2, 2 * 2 * pcfg.model.conv_layers[0][0])
+    _, first = finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "b", conv_layers=(0, 2),
+                                 progress=False, stop_after=13)
+    resumed, second = finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "b", conv_layers=(0, 2),
+                                        progress=False, resume=True)
+    assert first.steps == 13 and second.start_step == 13 and second.steps == 30
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    # a state of the other part (or other blocks) is not resumed into this one
+    with pytest.raises(CheckpointError, match=r"part 'conv' \(conv layers \[0, 2\]\).*'conv' \(conv layers \[1\]\)"):
+        finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "b", conv_layers=(1,), progress=False,
+                          resume=True)
+    with pytest.raises(CheckpointError, match="part 'conv'.*'transformer'"):
+        finetune_embedder(model, pcfg, paths, keys, keys, FAST, tmp_path / "b", progress=False, resume=True)
+
+
+def test_conv_part_settings_are_checked(clips: tuple[list[str], list[str]], tmp_path: Path) -> None:
+    paths, keys = clips
+    model, pcfg = _pretrained()
+    with pytest.raises(ConfigError, match="finetune.part must be"):
+        AnomalyFinetuneConfig(part="mel").validate()
+    with pytest.raises(ConfigError, match="adapter_rank applies to part 'transformer' only"):
+        AnomalyFinetuneConfig(part="conv", adapter_rank=4).validate()
+    with pytest.raises(ConfigError, match="needs learned_layers of conv blocks"):
+        finetune_embedder(model, pcfg, paths, keys, keys, AnomalyFinetuneConfig(**{**FAST.__dict__, "part": "conv"}),
+                          tmp_path, progress=False)

@@ -107,12 +107,23 @@ def test_missing_field_is_named(bundle_dir: Path, path: tuple[str, ...]) -> None
     (lambda d: d.update(window=10**12), "'window' must be between 160 and 960000 samples"),
     (lambda d: d.update(hop=10**12), "'hop' must be between 1 and 960000 samples"),
     (lambda d: d.update(sample_rate=10**9), "'sample_rate' must be between 1000 and 384000"),
-    (lambda d: d["machines"]["fan/id_00"]["thresholds"].update(b=-2.0), r"thresholds\.b' must be >= 0"),
+    (lambda d: d["machines"]["fan/id_00"]["thresholds"].update(b=-2.0), r"thresholds\.b' must be >= 0 \(a distance"),
 ])
 def test_invalid_fields(bundle_dir: Path, edit, message: str) -> None:
     rewrite(bundle_dir, edit)
     with pytest.raises(BundleError, match=message):
         Bundle.load(bundle_dir)
+
+
+def test_a_negative_ensemble_threshold_loads(bundle_dir: Path) -> None:
+    def edit(d: dict[str, Any]) -> None:  # the ensemble's calibrated z-scores can sit below 0 on normal windows
+        m = d["machines"]["fan/id_00"]
+        m["scorers"]["ensemble"] = m["scorers"].pop("b")
+        m.update(decision_scorer="ensemble", thresholds={"a": 1.0, "ensemble": -0.34}, calibration={})
+        d["columns"][1] = "fan/id_00/ensemble"
+
+    rewrite(bundle_dir, edit)
+    assert Bundle.load(bundle_dir).machines["fan/id_00"].threshold == -0.34
 
 
 def test_not_a_bundle(tmp_path: Path) -> None:

@@ -89,6 +89,24 @@ def test_onnx_matches_torch_with_dynamic_batch_and_length(fitted: Path, fp32_bun
             np.testing.assert_allclose(got, ref[: len(batch)], rtol=1e-4, atol=1e-4)
 
 
+def test_a_conv_finetuned_model_exports_with_its_fine_tuned_blocks(data: Path, tmp_path: Path) -> None:
+    run = save_tiny_pretraining_run(tmp_path / "run")
+    cfg = replace(CFG, scorers=("mahalanobis", "learned", "spectral"), ensemble=("spectral", "learned"),
+                  decision_scorer="ensemble", finetune=replace(CFG.finetune, part="conv"),
+                  learned_layers=("conv0", "conv2"))
+    fit_scoring(run, data, tmp_path / "m", cfg, progress=False)
+    bundle = export_bundle(tmp_path / "m", tmp_path / "b", quantize="none", progress=False)  # checks parity
+    model = load_scoring_model(tmp_path / "m")
+    names = {i.name for i in onnx.load(str(bundle / "model.onnx")).graph.initializer}
+    assert "frontends.shared.embedder.blocks.2.conv.weight" in names  # the fine-tuned copy travels
+    assert not any(".encoder." in n for n in names)  # no Transformer: conv blocks and spectrograms only
+    x = _windows(data, 1.0, 3)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session(bundle / "model.onnx").run(["scores"], {"audio": x})[0], ref,
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_weight_norm_is_folded_into_a_plain_weight(fitted: Path, fp32_bundle: Path) -> None:
     model = load_scoring_model(fitted)
     graph = onnx.load(str(fp32_bundle / "model.onnx")).graph

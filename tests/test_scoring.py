@@ -18,6 +18,7 @@ from conftest import save_tiny_pretraining_run
 from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
 from aiot_w2v2.anomaly.clips import ClipTooShort, clip_windows
+from aiot_w2v2.anomaly.embedder import ConvEmbedder
 from aiot_w2v2.anomaly.evaluate import evaluate
 from aiot_w2v2.anomaly.finetune import AnomalyFinetuneConfig
 from aiot_w2v2.anomaly.fit import extract, fit_scoring
@@ -385,6 +386,27 @@ def test_finetuning_off_reads_pooled_pretrained_layers(run: Path, data: Path, tm
         replace(cfg, embedding_layer="transformer1").validate()
     with pytest.raises(ConfigError, match="finetune.steps and adapt_steps"):
         replace(CFG, adapt_steps=2).validate()
+
+
+def test_conv_finetuning_feeds_the_learned_scorer(run: Path, data: Path, tmp_path: Path) -> None:
+    cfg = replace(CFG, scorers=("mahalanobis", "learned", "spectral"), ensemble=("spectral", "learned"),
+                  finetune=replace(CFG.finetune, part="conv"), learned_layers=("conv0", "conv2"))
+    fit_scoring(run, data, tmp_path / "m", cfg, progress=False)
+    model = load_scoring_model(tmp_path / "m")
+    assert isinstance(model.embedder, ConvEmbedder) and model.embedder.layers == (0, 2)
+    x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
+    frozen = load_scoring_model(tmp_path / "m").frontend.model.wav2vec2.feature_extractor
+    with torch.inference_mode():  # the fine-tuned copy's pooled statistics, not the frozen encoder's
+        learned = model.frontend(x).learned
+        torch.testing.assert_close(learned, model.embedder.pooled(x))
+        out, parts = x[:, :, None], []
+        for i, block in enumerate(frozen.blocks[:3]):
+            out, _ = block(out, None)
+            if i in (0, 2):
+                parts += [out.mean(1), out.std(1)]
+        assert learned.shape == torch.cat(parts, 1).shape and not torch.allclose(learned, torch.cat(parts, 1))
+    with pytest.raises(ConfigError, match="must all be conv<i>"):
+        replace(cfg, learned_layers=("conv0", "transformer1")).validate()
 
 
 def test_cli_fit_resumes_an_interrupted_finetuning(run: Path, data: Path, fitted: Path, tmp_path: Path) -> None:

@@ -1,6 +1,14 @@
-"""The fine-tuned part of the anomaly model: conv features -> Transformer -> pooled embedding.
+"""The fine-tuned part of the anomaly model: the `learned` scorer's embedding.
 
-`AnomalyEmbedder` takes the pretrained wav2vec 2.0's conv features (B, T, C) (the feature encoder
+Two kinds, `finetune.part`:
+
+`ConvEmbedder` (part `conv`): a copy of the pretrained conv blocks 0..max(`learned_layers`) that runs on
+the audio itself and returns what the `learned` scorer reads without fine-tuning: the mean and std over
+time of the chosen blocks' outputs (after norm and GELU), concatenated (`pooled`). For training, a
+non-affine layer norm and a linear projection map that to the angular-margin head's input (`forward`).
+The pretrained feature encoder itself stays frozen beside it (the `spectral` branch and the codes read it).
+
+`AnomalyEmbedder` (part `transformer`) takes the pretrained wav2vec 2.0's conv features (B, T, C) (the feature encoder
 stays frozen: the fixed `spectral` branch and the quantizer's codes read it, and must not move) and
 runs a copy of the pretrained feature layer norm, projection and Transformer, then a linear projection
 of every frame, averaged over frames: the embedding (B, E) the `learned` scorer compares.
@@ -16,6 +24,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model.wav2vec2 import Wav2Vec2Model
@@ -94,6 +103,52 @@ class AnomalyEmbedder(nn.Module):
                         setattr(owner, name, module.merged())
         for p in self.parameters():
             p.requires_grad_(True)
+
+
+class ConvEmbedder(nn.Module):
+    """audio (B, S) -> pooled conv statistics (B, L) (`pooled`, what the scorer reads) or their projection
+    (B, embedding_dim) (`forward`, what the head trains on)."""
+
+    def __init__(self, w2v: Wav2Vec2Model, layers: tuple[int, ...], embedding_dim: int,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        blocks = w2v.feature_extractor.blocks
+        if not layers or min(layers) < 0 or max(layers) >= len(blocks):
+            raise ValueError(f"conv layers {list(layers)} out of range 0..{len(blocks) - 1}")
+        self.layers = tuple(sorted(set(layers)))
+        self.blocks = copy.deepcopy(blocks[: max(self.layers) + 1])
+        dim = 2 * sum(self.blocks[i].conv.out_channels for i in self.layers)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)  # the blocks' statistics differ in scale
+        self.projection = nn.Linear(dim, embedding_dim)
+        with torch.no_grad():
+            self.projection.weight.copy_(torch.randn(embedding_dim, dim, generator=generator) / dim**0.5)
+            self.projection.bias.zero_()
+
+    def pooled(self, audio: Tensor) -> Tensor:
+        """(B, S) -> (B, L): mean and std over time of each chosen block's output, in block order."""
+        time_major = self.blocks[0].time_major
+        x = audio[:, :, None] if time_major else audio[:, None, :]
+        parts = []
+        for i, block in enumerate(self.blocks):  # as ScoringFrontend's conv stack (plain conv1d: exports to ONNX)
+            if time_major:
+                x = F.gelu(block.norm(F.conv1d(x.transpose(1, 2), block.conv.weight, block.conv.bias,
+                                               block.stride).transpose(1, 2)))  # (B, T_i, C_i)
+            else:
+                pre = F.conv1d(x, block.conv.weight, block.conv.bias, block.stride)  # (B, C_i, T_i)
+                x = F.gelu(block.norm(pre) if block.norm is not None else pre)
+            if i in self.layers:
+                out = x if time_major else x.transpose(1, 2)  # (B, T_i, C_i)
+                parts += [out.mean(1), out.std(1)]
+        return torch.cat(parts, 1)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        return self.projection(self.norm(self.pooled(audio)))
+
+    def merge_adapters(self) -> None:
+        """Nothing to merge (no adapters on conv blocks); here so both embedders share the interface."""
+
+
+Embedder = AnomalyEmbedder | ConvEmbedder  # what `finetune.part` trains: "transformer" | "conv"
 
 
 def conv_features(w2v: Wav2Vec2Model, audio: Tensor) -> Tensor:

@@ -1,12 +1,15 @@
 """Anomaly fine-tuning: the pretrained wav2vec 2.0 -> an embedding trained on normal clips only.
 
 The analogue of `asr finetune` for anomaly detection, run by `aiot-w2v2 fit` before the scorers are
-fitted (`finetune.steps` > 0). A copy of the pretrained Transformer (fully, or low-rank adapters on its
-attention / feed-forward linears) and a projection (`embedder.py`) learn to classify crops of normal
-training clips into pseudo-classes (`pseudo.py`: metadata class x speed class, with mixup and feature
-exchange) through an angular-margin head (`margin.py`: sub-cluster AdaCos by default, or ArcFace). The
-conv feature encoder stays frozen. The `learned` scorer then compares the pooled embedding of a window
-with those of the machine ID's normal training windows.
+fitted (`finetune.steps` > 0). With `finetune.part` `transformer`, a copy of the pretrained Transformer
+(fully, or low-rank adapters on its attention / feed-forward linears) and a projection (`embedder.py`);
+with `conv`, a copy of the pretrained conv blocks the `learned` scorer reads (`learned_layers`, conv<i>
+only) through their pooled statistics, a layer norm and a projection; either learns to classify crops of
+normal training clips into pseudo-classes (`pseudo.py`: metadata class x speed class, with mixup and
+feature exchange) through an angular-margin head (`margin.py`: sub-cluster AdaCos by default, or
+ArcFace). The pretrained feature encoder itself stays frozen. The `learned` scorer then compares the
+embedding of a window (the projection of the Transformer; the conv copy's pooled statistics) with those of
+the machine ID's normal training windows.
 
 One visible loop; randomness from one injected `torch.Generator` (and torch's global RNG for dropout,
 both saved), so `--resume` continues exactly: `MODEL/finetune/checkpoint_last` holds the weights (with
@@ -37,7 +40,7 @@ from ..checkpoint import CheckpointError
 from ..config import ConfigError, PretrainConfig, to_dict
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
 from ..train import state as train_state
-from .embedder import AnomalyEmbedder, conv_features
+from .embedder import AnomalyEmbedder, ConvEmbedder, Embedder, conv_features
 from .margin import AngularMarginHead
 from .pseudo import make_batch, num_pseudo_classes
 
@@ -56,7 +59,11 @@ class AnomalyFinetuneConfig:
     # on the dev suite the fine-tuned embedding scored learned 0.53-0.56 mean AUC, the pooled conv-block
     # outputs of the same pretraining without it 0.744 (benchmarks/RESULTS.md, "Generalisation", issue 12).
     steps: int = 0
+    # what trains: "transformer" (a copy of the Transformer + projection, `AnomalyEmbedder`) or "conv" (a copy
+    # of the conv blocks `learned_layers` names, read through their pooled statistics, `ConvEmbedder`)
+    part: str = "transformer"
     lr: float = 5e-4  # AdamW peak, after `warmup_steps` of linear warm-up, cosine decay to 0
+    conv_lr: float = 1e-4  # part "conv": the conv blocks' peak (the projection and head use `lr`)
     warmup_steps: int = 30
     weight_decay: float = 0.01
     clip_norm: float = 5.0
@@ -87,6 +94,11 @@ class AnomalyFinetuneConfig:
                               f"(got {self.margin}, {self.scale}, {list(self.speeds)})")
         if not (0 <= self.mixup_prob <= 1 and 0 <= self.exchange_prob <= 1):
             raise ConfigError("finetune: mixup_prob and exchange_prob must be in [0, 1]")
+        if self.part not in ("transformer", "conv") or self.conv_lr <= 0:
+            raise ConfigError(f"finetune.part must be 'transformer' or 'conv' and conv_lr > 0 (got {self.part!r}, "
+                              f"{self.conv_lr})")
+        if self.part == "conv" and self.adapter_rank:
+            raise ConfigError("finetune.adapter_rank applies to part 'transformer' only (set it to 0 with 'conv')")
         if self.min_clips < 1 or self.save_every < 1:
             raise ConfigError("finetune: min_clips and save_every must be >= 1")
         return self
@@ -148,12 +160,16 @@ def _lr(step: int, cfg: AnomalyFinetuneConfig) -> float:
 
 def finetune_embedder(pretrained: Wav2Vec2ForPreTraining, pcfg: PretrainConfig, paths: list[str],
                       class_keys: list[str], id_keys: list[str], cfg: AnomalyFinetuneConfig, out: str | Path, *,
-                      resume: bool = False, progress: bool = True, stop_after: int | None = None,
-                      sample_rate: int = 16000) -> tuple[AnomalyEmbedder, AnomalyFinetuneSummary]:
-    """Fine-tune an `AnomalyEmbedder` on the normal clips `paths` (their metadata class `class_keys`, their
-    machine ID `id_keys`); the state goes to `out/finetune`. Returns the embedder (adapters merged, eval
-    mode) and a summary. `stop_after` stops after that many updates of this call, like an interruption."""
+                      conv_layers: tuple[int, ...] = (), resume: bool = False, progress: bool = True,
+                      stop_after: int | None = None,
+                      sample_rate: int = 16000) -> tuple[Embedder, AnomalyFinetuneSummary]:
+    """Fine-tune an `AnomalyEmbedder` (or, with `cfg.part` "conv", a `ConvEmbedder` of the conv blocks
+    `conv_layers`) on the normal clips `paths` (their metadata class `class_keys`, their machine ID
+    `id_keys`); the state goes to `out/finetune`. Returns the embedder (adapters merged, eval mode) and a
+    summary. `stop_after` stops after that many updates of this call, like an interruption."""
     cfg.validate()
+    if cfg.part == "conv" and not conv_layers:
+        raise ConfigError("finetune.part 'conv' needs learned_layers of conv blocks (conv<i>), got none")
     t0 = time.monotonic()
     readable = []
     for i, path in enumerate(paths):  # unreadable clips are left out here as in the scorers' fit (warned)
@@ -179,15 +195,24 @@ def finetune_embedder(pretrained: Wav2Vec2ForPreTraining, pcfg: PretrainConfig, 
     w2v = pretrained.wav2vec2.eval()
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout inside the Transformer draws on the global generator
-    embedder = AnomalyEmbedder(w2v, cfg.embedding_dim, generator)
-    if cfg.adapter_rank:
-        embedder.add_adapters(cfg.adapter_rank, cfg.adapter_alpha, generator)
+    embedder: Embedder
+    if cfg.part == "conv":
+        embedder = ConvEmbedder(w2v, conv_layers, cfg.embedding_dim, generator)
+    else:
+        embedder = AnomalyEmbedder(w2v, cfg.embedding_dim, generator)
+        if cfg.adapter_rank:
+            embedder.add_adapters(cfg.adapter_rank, cfg.adapter_alpha, generator)
     n_classes = num_pseudo_classes(len(names), cfg.speeds)
     head = AngularMarginHead(cfg.embedding_dim, n_classes, cfg.subclusters, cfg.margin, cfg.scale, generator)
-    params = [p for m in (embedder, head) for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    slow = [p for p in embedder.blocks.parameters()] if cfg.part == "conv" else []  # the conv blocks: conv_lr
+    fast = [p for m in (embedder, head) for p in m.parameters() if p.requires_grad and all(p is not q for q in slow)]
+    params = slow + fast
+    groups = ([{"params": slow, "lr": cfg.conv_lr, "peak": cfg.conv_lr}] if slow else []) + \
+        [{"params": fast, "lr": cfg.lr, "peak": cfg.lr}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    meta = dict(config=to_dict(cfg), model=to_dict(pcfg.model), classes=names, clips=len(paths))
+    meta = dict(config=to_dict(cfg), model=to_dict(pcfg.model), classes=names, clips=len(paths),
+                conv_layers=list(conv_layers) if cfg.part == "conv" else [])
     step, history = 0, []
     if resume and (last / META).exists():
         step, history = _load(last, meta, embedder, head, optimizer, generator)
@@ -206,10 +231,10 @@ def finetune_embedder(pretrained: Wav2Vec2ForPreTraining, pcfg: PretrainConfig, 
             stopped_by = "stop_after"
             break
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, cfg)
+            group["lr"] = _lr(step, cfg) * group["peak"] / cfg.lr
         batch = make_batch(clip, clip_class, len(names), cfg.batch_windows, length, cfg.speeds, cfg.mixup_prob,
                            cfg.exchange_prob, generator)
-        emb = embedder(conv_features(w2v, batch.audio))  # (B, E)
+        emb = embedder(batch.audio if cfg.part == "conv" else conv_features(w2v, batch.audio))  # (B, E)
         loss = head.loss(emb, batch.target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -244,7 +269,7 @@ def finetune_embedder(pretrained: Wav2Vec2ForPreTraining, pcfg: PretrainConfig, 
     return embedder.eval(), summary
 
 
-def _save(last: Path, meta: dict[str, Any], step: int, history: list[list[float]], embedder: AnomalyEmbedder,
+def _save(last: Path, meta: dict[str, Any], step: int, history: list[list[float]], embedder: Embedder,
           head: AngularMarginHead, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
           generator: torch.Generator) -> None:
     """Weights, optimiser, RNG states and progress to `last`, atomically (a new folder renamed over it)."""
@@ -265,7 +290,7 @@ def _save(last: Path, meta: dict[str, Any], step: int, history: list[list[float]
     tmp.rename(last)
 
 
-def _load(last: Path, meta: dict[str, Any], embedder: AnomalyEmbedder, head: AngularMarginHead,
+def _load(last: Path, meta: dict[str, Any], embedder: Embedder, head: AngularMarginHead,
           optimizer: torch.optim.Optimizer, generator: torch.Generator) -> tuple[int, list[list[float]]]:
     """Restore a `_save`d state into freshly built objects; a state of another pretrained model is refused."""
     saved = json.loads((last / META).read_text())
@@ -273,6 +298,11 @@ def _load(last: Path, meta: dict[str, Any], embedder: AnomalyEmbedder, head: Ang
     if diff:
         raise CheckpointError(f"{last}: fine-tuning was started from a pretrained model with another config; "
                               f"refusing to resume it with this one ({'; '.join(diff)})")
+    saved_part = (saved["config"].get("part", "transformer"), saved.get("conv_layers", []))
+    if saved_part != (meta["config"]["part"], meta["conv_layers"]):
+        raise CheckpointError(f"{last}: fine-tuning was started on part {saved_part[0]!r} (conv layers "
+                              f"{saved_part[1]}), this fit trains {meta['config']['part']!r} (conv layers "
+                              f"{meta['conv_layers']}); fit without --resume to start afresh")
     if saved["classes"] != meta["classes"]:
         raise CheckpointError(f"{last}: fine-tuning was started on the classes {saved['classes']}, these clips "
                               f"have {meta['classes']}; fit without --resume to start afresh")

@@ -34,7 +34,7 @@ from ..model.wav2vec2 import Wav2Vec2ForPreTraining
 from ..train.state import CHECKPOINT_LAST
 from .adapt import adapt_model
 from .clips import batches, length_batches, read_windows
-from .embedder import AnomalyEmbedder
+from .embedder import Embedder
 from .finetune import finetune_embedder
 from .frontend import ScoringFrontend, WindowFeatures
 from .metrics import fit_threshold_info, id_key
@@ -158,13 +158,13 @@ def fit_scoring(run: str | Path, data_dirs: list[str | Path] | str | Path, out: 
                           f"{shortest / sr:.3f} s (two mask spans, two energy_smoothing_ms periods, one mel_fft, "
                           "two kurtosis frames)")
 
-    embedder: AnomalyEmbedder | None = None
+    embedder: Embedder | None = None
     finetuned: dict | None = None
     if cfg.finetuned():
         embedder, ft_summary = finetune_embedder(
             pretrained, pcfg, list(train["path"]), _class_keys(train, cfg),
             [entry_key(str(m), str(i)) for m, i in zip(train["machine"], train["machine_id"], strict=True)],
-            cfg.finetune, out, resume=resume, progress=progress)
+            cfg.finetune, out, conv_layers=cfg.learned_conv_layers(), resume=resume, progress=progress)
         finetuned = asdict(ft_summary)
         frontends = {key: make_frontend(m, cfg, embedder) for key, m in models.items()}
 

@@ -25,11 +25,12 @@
   `kurtosis_fft`-point Hann-windowed power spectra every `kurtosis_hop_ms` (a second STFT node), and per
   band log(mean P^2 / (mean P)^2) over the window: log 1 = 0 for a steady band, larger when short bursts
   (impacts, slaps, crackle) carry its energy. Also not wav2vec 2.0.
-- `learned` (B, L): what the network learned, with no fixed signal processing: the fine-tuned
-  `AnomalyEmbedder`'s pooled embedding of the conv features when the model has one (`anomaly/finetune.py`),
-  else the mean and standard deviation over time of the outputs of the pretrained layers `learned_layers`
-  names (`conv<i>`: block i after its norm and GELU; `transformer<i>`: hidden state i), concatenated;
-  `learned_layers` empty: the final Transformer state. (B, 0) when no scorer reads it (`learned=False`).
+- `learned` (B, L): what the network learned, with no fixed signal processing: with fine-tuning
+  (`anomaly/finetune.py`) the fine-tuned `AnomalyEmbedder`'s pooled embedding of the conv features, or the
+  fine-tuned `ConvEmbedder`'s pooled conv statistics of the audio; else the mean and standard deviation
+  over time of the outputs of the pretrained layers `learned_layers` names (`conv<i>`: block i after its
+  norm and GELU; `transformer<i>`: hidden state i), concatenated; `learned_layers` empty: the final
+  Transformer state. (B, 0) when no scorer reads it (`learned=False`).
 - `codes` (B, T, G): the quantizer's code per frame and group (argmax, as in evaluation).
 - `context` (B, T, F) and `targets` (B, T, F), unit length: the contrastive prediction of every
   frame, from the pass in which that frame was masked, and its quantized target. Masks are fixed:
@@ -54,7 +55,7 @@ from torchaudio.functional import melscale_fbanks
 
 from ..model.feature_encoder import receptive_field
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
-from .embedder import AnomalyEmbedder
+from .embedder import ConvEmbedder, Embedder
 
 _EPS = 1e-10
 
@@ -91,7 +92,7 @@ class ScoringFrontend(nn.Module):
                  sample_rate: int = 16000, codes: bool = True, mel_bins: int = 0, mel_fft: int = 1024,
                  mel_hop_ms: float = 20.0, kurtosis_bands: int = 0, kurtosis_fft: int = 256,
                  kurtosis_hop_ms: float = 4.0, learned: bool = False,
-                 embedder: AnomalyEmbedder | None = None, learned_layers: tuple[str, ...] = ()) -> None:
+                 embedder: Embedder | None = None, learned_layers: tuple[str, ...] = ()) -> None:
         super().__init__()
         if model.quantizer is None:
             raise ValueError("the scorers need a model with its quantizer (a pretraining checkpoint)")
@@ -112,7 +113,8 @@ class ScoringFrontend(nn.Module):
         # The learned embedding needs the whole conv stack; without `embedder` it pools `learned_layers`.
         self.learned = learned
         self.embedder = embedder if learned else None
-        self.full_stack = self.codes or learned
+        # (a fine-tuned conv copy runs on the audio by itself: the frozen stack may stop at the embedding tap)
+        self.full_stack = self.codes or (learned and not isinstance(self.embedder, ConvEmbedder))
         n_conv, n_tf = len(w2v.feature_extractor.blocks), len(w2v.encoder.layers)
         layers = [parse_layer(name, n_conv, n_tf) for name in learned_layers] or [("transformer", n_tf)]
         self.learned_conv = [i for kind, i in layers if kind == "conv"]
@@ -295,7 +297,9 @@ class ScoringFrontend(nn.Module):
         feats, tap, pooled = self._conv_stack(audio)
         B = audio.shape[0]
         learned = audio.new_zeros(B, 0)
-        if self.embedder is not None:
+        if isinstance(self.embedder, ConvEmbedder):
+            learned = self.embedder.pooled(audio)  # (B, L): the fine-tuned conv blocks, on the audio
+        elif self.embedder is not None:
             learned = self.embedder(feats)  # (B, L)
         if not self.codes:  # the embedding alone: empty frame tensors keep WindowFeatures' shapes
             embedding = self._embedding(audio, tap)

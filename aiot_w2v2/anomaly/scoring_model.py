@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, PretrainConfig, from_dict, load_yaml, merge, parse_overrides, to_dict
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining, Wav2Vec2Model
-from .embedder import AnomalyEmbedder
+from .embedder import AnomalyEmbedder, ConvEmbedder, Embedder
 from .finetune import AnomalyFinetuneConfig
 from .frontend import ScoringFrontend, WindowFeatures
 from .scorers import EMBEDDING_SCORERS, ENSEMBLE, SCORERS, score_windows
@@ -149,7 +149,15 @@ class ScoringConfig:
             raise ConfigError("finetune.steps and adapt_steps: one or the other (fine-tuning trains one embedder "
                               "shared by every machine type)")
         self.finetune.validate()
+        if self.finetuned() and self.finetune.part == "conv" and (
+                not self.learned_layers or len(self.learned_conv_layers()) != len(self.learned_layers)):
+            raise ConfigError(f"finetune.part 'conv' fine-tunes the conv blocks learned_layers names: they must all "
+                              f"be conv<i>, got {list(self.learned_layers)}")
         return self
+
+    def learned_conv_layers(self) -> tuple[int, ...]:
+        """The block indices of the conv<i> entries of `learned_layers`."""
+        return tuple(int(name[4:]) for name in self.learned_layers if name.startswith("conv"))
 
     def finetuned(self) -> bool:
         """Whether `fit` fine-tunes an embedder (the learned scorer reads it)."""
@@ -224,7 +232,7 @@ def load_scoring_config(path: str | Path | None = None, overrides: list[str] | N
 
 
 def make_frontend(model: Wav2Vec2ForPreTraining, cfg: ScoringConfig,
-                  embedder: AnomalyEmbedder | None = None) -> ScoringFrontend:
+                  embedder: Embedder | None = None) -> ScoringFrontend:
     """The frontend `cfg` describes, over `model` [and the fine-tuned `embedder` of the learned scorer]."""
     return ScoringFrontend(model, cfg.embedding_layer, cfg.embedding_level, cfg.mask_span, cfg.mask_patterns,
                            cfg.needs_contrastive(), cfg.energy_smoothing_ms, cfg.envelope_bands,
@@ -248,7 +256,7 @@ class ScoringModel(nn.Module):
     """
 
     def __init__(self, pretrained: Wav2Vec2ForPreTraining | Mapping[str, Wav2Vec2ForPreTraining], meta: ScoringMeta,
-                 stats: dict[str, Tensor], embedder: AnomalyEmbedder | None = None) -> None:
+                 stats: dict[str, Tensor], embedder: Embedder | None = None) -> None:
         super().__init__()
         cfg = meta.config
         self.meta = meta
@@ -284,7 +292,7 @@ class ScoringModel(nn.Module):
         self.columns = [f"{entry_key(m, i)}/{s}" for m, i in meta.entries for s in per_entry]
 
     @property
-    def embedder(self) -> AnomalyEmbedder | None:
+    def embedder(self) -> Embedder | None:
         """The fine-tuned embedder of the learned scorer, if any (it lives in the shared frontend)."""
         return self.frontends[SHARED].embedder if SHARED in self.frontends else None
 
@@ -368,11 +376,15 @@ def pretrained_copies(meta: ScoringMeta) -> dict[str, Wav2Vec2ForPreTraining]:
     return {key: Wav2Vec2ForPreTraining(pc.model, pc.masking, pc.loss) for key in meta.frontends}
 
 
-def embedder_skeleton(meta: ScoringMeta) -> AnomalyEmbedder | None:
+def embedder_skeleton(meta: ScoringMeta) -> Embedder | None:
     """A freshly initialised embedder of `meta`'s shape (to load fine-tuned weights into); None if not fine-tuned."""
-    if not meta.config.finetuned():
+    cfg = meta.config
+    if not cfg.finetuned():
         return None
-    return AnomalyEmbedder(Wav2Vec2Model(meta.pretrain.model), meta.config.finetune.embedding_dim)
+    w2v = Wav2Vec2Model(meta.pretrain.model)
+    if cfg.finetune.part == "conv":
+        return ConvEmbedder(w2v, cfg.learned_conv_layers(), cfg.finetune.embedding_dim)
+    return AnomalyEmbedder(w2v, cfg.finetune.embedding_dim)
 
 
 def load_scoring_model(path: str | Path) -> ScoringModel:

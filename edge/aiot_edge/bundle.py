@@ -341,8 +341,10 @@ def _parse_machine(key: str, m: Any, n_columns: int, fail: _Fail, columns: list[
             raise fail(f"{prefix}.thresholds.{scorer}", f"names a scorer not in scorers ({', '.join(scorers)})")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise fail(f"{prefix}.thresholds.{scorer}", f"must be a finite number, got {value!r}")
-        if value < 0:  # scores are distances and gamma-fit quantiles: a negative threshold alerts on everything
-            raise fail(f"{prefix}.thresholds.{scorer}", f"must be >= 0, got {value!r}")
+        # Scores are distances (>= 0): a negative threshold would alert on everything. The ensemble is the
+        # exception: a mean of z-scores calibrated on normal windows, negative for many of them.
+        if value < 0 and scorer != "ensemble":
+            raise fail(f"{prefix}.thresholds.{scorer}", f"must be >= 0 (a distance), got {value!r}")
 
     decision = m["decision_scorer"]
     if decision not in scorers:
