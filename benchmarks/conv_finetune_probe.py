@@ -15,7 +15,6 @@ projection's output. Mean AUC over sections. Test clips are read only for these 
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
@@ -25,35 +24,15 @@ import pandas as pd
 import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
-from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generalisation import ensure_suite, random_checkpoint  # noqa: E402
 
+from aiot_w2v2.anomaly.embedder import ConvEmbedder  # noqa: E402
 from aiot_w2v2.anomaly.margin import AngularMarginHead  # noqa: E402
 from aiot_w2v2.anomaly.pseudo import make_batch, num_pseudo_classes  # noqa: E402
 from aiot_w2v2.audio import load_audio  # noqa: E402
 from aiot_w2v2.checkpoint import load_pretrained  # noqa: E402
-
-
-class ConvEmbedding(nn.Module):
-    """audio (B, S) -> mean and std over time of the outputs of the chosen conv blocks, concatenated."""
-
-    def __init__(self, blocks: nn.ModuleList, layers: list[int]) -> None:
-        super().__init__()
-        self.blocks = copy.deepcopy(blocks[: max(layers) + 1])
-        self.layers = layers
-
-    def forward(self, audio: Tensor) -> Tensor:
-        time_major = self.blocks[0].time_major
-        x = audio[:, :, None] if time_major else audio[:, None, :]
-        parts = []
-        for i, block in enumerate(self.blocks):
-            x, _ = block(x, None)
-            if i in self.layers:
-                out = x if time_major else x.transpose(1, 2)  # (B, T, C)
-                parts += [out.mean(1), out.std(1)]
-        return torch.cat(parts, 1)
 
 
 def section_auc(meta: pd.DataFrame, X: np.ndarray) -> float:
@@ -67,12 +46,10 @@ def section_auc(meta: pd.DataFrame, X: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def embed_all(net: ConvEmbedding, proj: nn.Module, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    net.eval()
-    e = [net(torch.from_numpy(c)[None]) for c in clips]
-    net.train()
-    emb = torch.cat(e)
-    return emb.numpy(), proj(emb).numpy()
+def embed_all(net: ConvEmbedder, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each clip's pooled statistics (the `learned` embedding) and their projection (the head's input)."""
+    emb = torch.cat([net.pooled(torch.from_numpy(c)[None]) for c in clips])
+    return emb.numpy(), net.projection(net.norm(emb)).numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,31 +83,27 @@ def main(argv: list[str] | None = None) -> int:
     C = num_pseudo_classes(len(names), args.speeds)
     model = random_checkpoint("tiny", Path("runs/random_init")) if args.model == "random" else Path(args.model)
     w2v = load_pretrained(model).wav2vec2
-    net = ConvEmbedding(w2v.feature_extractor.blocks, args.layers)
-    with torch.no_grad():
-        dim_in = net(torch.zeros(1, 32000)).shape[1]
-    norm = nn.LayerNorm(dim_in, elementwise_affine=False)  # the pooled statistics differ in scale by block
-    proj = nn.Sequential(norm, nn.Linear(dim_in, args.dim))
+    net = ConvEmbedder(w2v, tuple(args.layers), args.dim, gen)  # the product's fine-tuned part (finetune.part=conv)
     head = AngularMarginHead(args.dim, C, subclusters=args.subclusters, generator=gen)
-    opt = torch.optim.AdamW([{"params": net.parameters(), "lr": args.lr},
-                             {"params": list(proj.parameters()) + list(head.parameters()), "lr": args.head_lr}],
-                            weight_decay=0.01)
+    opt = torch.optim.AdamW([{"params": net.blocks.parameters(), "lr": args.lr},
+                             {"params": list(net.projection.parameters()) + list(head.parameters()),
+                              "lr": args.head_lr}], weight_decay=0.01)
     length = int(args.crop_seconds * 16000)
-    print(f"{len(train)} training clips, {len(names)} metadata classes, {C} pseudo-classes, embedding {dim_in}",
-          flush=True)
-    emb, pr = embed_all(net, proj, clips)
+    print(f"{len(train)} training clips, {len(names)} metadata classes, {C} pseudo-classes, "
+          f"embedding {net.projection.in_features}", flush=True)
+    emb, pr = embed_all(net, clips)
     print(f"update 0: learned {section_auc(meta, emb):.3f}, projection {section_auc(meta, pr):.3f}", flush=True)
     t0, losses = time.time(), []
     for step in range(1, args.steps + 1):
         batch = make_batch(lambda i: clips[train[i]], classes, len(names), args.batch, length, args.speeds,
                            args.mixup, args.exchange, gen)
-        loss = head.loss(proj(net(batch.audio)), batch.target)
+        loss = head.loss(net(batch.audio), batch.target)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
         if step % args.eval_every == 0 or step == args.steps:
-            emb, pr = embed_all(net, proj, clips)
+            emb, pr = embed_all(net, clips)
             print(f"update {step}: loss {np.mean(losses[-50:]):.3f}, learned {section_auc(meta, emb):.3f}, "
                   f"projection {section_auc(meta, pr):.3f} ({time.time() - t0:.0f} s)", flush=True)
     return 0

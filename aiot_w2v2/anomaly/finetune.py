@@ -204,8 +204,9 @@ def finetune_embedder(pretrained: Wav2Vec2ForPreTraining, pcfg: PretrainConfig, 
             embedder.add_adapters(cfg.adapter_rank, cfg.adapter_alpha, generator)
     n_classes = num_pseudo_classes(len(names), cfg.speeds)
     head = AngularMarginHead(cfg.embedding_dim, n_classes, cfg.subclusters, cfg.margin, cfg.scale, generator)
-    slow = [p for p in embedder.blocks.parameters()] if cfg.part == "conv" else []  # the conv blocks: conv_lr
-    fast = [p for m in (embedder, head) for p in m.parameters() if p.requires_grad and all(p is not q for q in slow)]
+    slow = list(embedder.blocks.parameters()) if cfg.part == "conv" else []  # the conv blocks: conv_lr
+    slow_ids = {id(p) for p in slow}
+    fast = [p for m in (embedder, head) for p in m.parameters() if p.requires_grad and id(p) not in slow_ids]
     params = slow + fast
     groups = ([{"params": slow, "lr": cfg.conv_lr, "peak": cfg.conv_lr}] if slow else []) + \
         [{"params": fast, "lr": cfg.lr, "peak": cfg.lr}]
