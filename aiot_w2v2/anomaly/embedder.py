@@ -29,6 +29,22 @@ from torch import Tensor, nn
 
 from ..model.wav2vec2 import Wav2Vec2Model
 
+
+def conv_block_step(block: nn.Module, x: Tensor, time_major: bool) -> tuple[Tensor, Tensor]:
+    """One feature-encoder block with plain `F.conv1d` (exports to ONNX): x (B, T, C) if `time_major` else
+    (B, C, T) -> (the block's output in the same layout, its pre-norm conv output (B, T_i, C_i))."""
+    if time_major:
+        pre = F.conv1d(x.transpose(1, 2), block.conv.weight, block.conv.bias, block.stride).transpose(1, 2)
+        return F.gelu(block.norm(pre)), pre
+    pre = F.conv1d(x, block.conv.weight, block.conv.bias, block.stride)  # (B, C_i, T_i)
+    return F.gelu(block.norm(pre) if block.norm is not None else pre), pre.transpose(1, 2)
+
+
+def time_stats(x: Tensor, time_major: bool) -> Tensor:
+    """A block's output -> (B, 2 C_i): its mean and std over time."""
+    out = x if time_major else x.transpose(1, 2)  # (B, T_i, C_i)
+    return torch.cat([out.mean(1), out.std(1)], 1)
+
 ADAPTED = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # the linears of each Transformer block
 
 
@@ -129,16 +145,10 @@ class ConvEmbedder(nn.Module):
         time_major = self.blocks[0].time_major
         x = audio[:, :, None] if time_major else audio[:, None, :]
         parts = []
-        for i, block in enumerate(self.blocks):  # as ScoringFrontend's conv stack (plain conv1d: exports to ONNX)
-            if time_major:
-                x = F.gelu(block.norm(F.conv1d(x.transpose(1, 2), block.conv.weight, block.conv.bias,
-                                               block.stride).transpose(1, 2)))  # (B, T_i, C_i)
-            else:
-                pre = F.conv1d(x, block.conv.weight, block.conv.bias, block.stride)  # (B, C_i, T_i)
-                x = F.gelu(block.norm(pre) if block.norm is not None else pre)
+        for i, block in enumerate(self.blocks):  # as ScoringFrontend's conv stack
+            x, _ = conv_block_step(block, x, time_major)
             if i in self.layers:
-                out = x if time_major else x.transpose(1, 2)  # (B, T_i, C_i)
-                parts += [out.mean(1), out.std(1)]
+                parts.append(time_stats(x, time_major))
         return torch.cat(parts, 1)
 
     def forward(self, audio: Tensor) -> Tensor:

@@ -55,7 +55,7 @@ from torchaudio.functional import melscale_fbanks
 
 from ..model.feature_encoder import receptive_field
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
-from .embedder import ConvEmbedder, Embedder
+from .embedder import ConvEmbedder, Embedder, conv_block_step, time_stats
 
 _EPS = 1e-10
 
@@ -248,17 +248,9 @@ class ScoringFrontend(nn.Module):
         tap = None
         pooled: dict[int, Tensor] = {}
         for i, block in enumerate(fe.blocks):
-            if time_major:
-                pre = F.conv1d(x.transpose(1, 2), block.conv.weight, block.conv.bias, block.stride).transpose(1, 2)
-                x = F.gelu(block.norm(pre))  # (B, T_i, C_i)
-                pre_tm = pre
-            else:
-                pre = F.conv1d(x, block.conv.weight, block.conv.bias, block.stride)  # (B, C_i, T_i)
-                x = F.gelu(block.norm(pre) if block.norm is not None else pre)
-                pre_tm = pre.transpose(1, 2)
+            x, pre_tm = conv_block_step(block, x, time_major)
             if self.learned and self.embedder is None and i in self.learned_conv:
-                out_tm = x if time_major else x.transpose(1, 2)  # (B, T_i, C_i)
-                pooled[i] = torch.cat([out_tm.mean(1), out_tm.std(1)], 1)
+                pooled[i] = time_stats(x, time_major)
             if self.kind == "conv" and i == self.layer:
                 tap = pre_tm
                 if not self.full_stack:
