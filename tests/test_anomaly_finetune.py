@@ -21,8 +21,8 @@ from aiot_w2v2.synth import generate_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = AnomalyFinetuneConfig(steps=6, batch_windows=8, crop_seconds=0.5, warmup_steps=2, embedding_dim=16,
-                             subclusters=2, save_every=2, min_clips=2)
+FAST = AnomalyFinetuneConfig(part="transformer", steps=6, batch_windows=8, crop_seconds=0.5, warmup_steps=2,
+                             embedding_dim=16, subclusters=2, save_every=2, min_clips=2)
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +102,8 @@ def test_pseudo_class_batches_are_a_function_of_the_generator() -> None:
 
 def test_finetuning_reduces_its_training_loss(clips: tuple[list[str], list[str]], tmp_path: Path) -> None:
     model, pcfg = _pretrained()
-    cfg = AnomalyFinetuneConfig(steps=40, batch_windows=8, crop_seconds=1.0, warmup_steps=5, lr=3e-3,
-                                embedding_dim=16, subclusters=1, scale=10.0, speeds=(0.5,), mixup_prob=0.0,
+    cfg = AnomalyFinetuneConfig(part="transformer", steps=40, batch_windows=8, crop_seconds=1.0, warmup_steps=5,
+                                lr=3e-3, embedding_dim=16, subclusters=1, scale=10.0, speeds=(0.5,), mixup_prob=0.0,
                                 exchange_prob=0.0, min_clips=2, save_every=100)
     paths, keys = clips
     embedder, summary = finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path, progress=False)

@@ -29,8 +29,8 @@ from aiot_w2v2.synth import generate_dataset
 # every scorer, with a fine-tuned embedder for the learned one (a few updates: the export, not its quality)
 CFG = ScoringConfig(window_seconds=1.0, hop_seconds=0.5, folds=2, bank_frames=64, max_knn_windows=64,
                     ensemble=("mahalanobis", "contrastive_bank"), decision_scorer="ensemble",
-                    finetune=AnomalyFinetuneConfig(steps=3, batch_windows=4, crop_seconds=0.5, warmup_steps=1,
-                                                   embedding_dim=8, min_clips=2))
+                    finetune=AnomalyFinetuneConfig(part="transformer", steps=3, batch_windows=4, crop_seconds=0.5,
+                                                   warmup_steps=1, embedding_dim=8, min_clips=2))
 CONTRACT = {"file", "machine", "machine_id", "window_start", "window_end", "scores", "score", "anomaly"}
 
 

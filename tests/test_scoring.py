@@ -18,7 +18,7 @@ from conftest import save_tiny_pretraining_run
 from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
 from aiot_w2v2.anomaly.clips import ClipTooShort, clip_windows
-from aiot_w2v2.anomaly.embedder import ConvEmbedder
+from aiot_w2v2.anomaly.embedder import AnomalyEmbedder, ConvEmbedder
 from aiot_w2v2.anomaly.evaluate import evaluate
 from aiot_w2v2.anomaly.finetune import AnomalyFinetuneConfig
 from aiot_w2v2.anomaly.fit import extract, fit_scoring
@@ -30,8 +30,8 @@ from aiot_w2v2.config import ConfigError
 from aiot_w2v2.synth import generate_dataset
 
 # a few updates of fine-tuning on short crops: seconds, not minutes
-FAST_FINETUNE = AnomalyFinetuneConfig(steps=3, batch_windows=4, crop_seconds=0.5, warmup_steps=1, embedding_dim=8,
-                                      min_clips=2)
+FAST_FINETUNE = AnomalyFinetuneConfig(part="transformer", steps=3, batch_windows=4, crop_seconds=0.5, warmup_steps=1,
+                                      embedding_dim=8, min_clips=2)
 CFG = ScoringConfig(window_seconds=1.0, hop_seconds=0.5, folds=2, bank_frames=64, max_knn_windows=64,
                     finetune=FAST_FINETUNE)
 
@@ -583,6 +583,21 @@ def test_a_model_folder_from_before_fine_tuning_loads_and_scores_as_before(run: 
     x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
     with torch.inference_mode():
         assert torch.equal(old(x), load_scoring_model(tmp_path / "m")(x))
+
+
+def test_a_transformer_fine_tuned_folder_from_before_part_existed_loads_as_transformer(fitted: Path, data: Path,
+                                                                                       tmp_path: Path) -> None:
+    # finetune.part's default is now "conv"; a folder written before the key existed fine-tuned the Transformer
+    meta = json.loads((fitted / "scoring.json").read_text())
+    assert meta["config"]["finetune"]["part"] == "transformer" and meta["config"]["finetune"]["steps"] > 0
+    del meta["config"]["finetune"]["part"]
+    shutil.copytree(fitted, tmp_path / "old")
+    (tmp_path / "old" / "scoring.json").write_text(json.dumps(meta))
+    old = load_scoring_model(tmp_path / "old")
+    assert old.meta.config.finetune.part == "transformer" and isinstance(old.embedder, AnomalyEmbedder)
+    x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
+    with torch.inference_mode():
+        assert torch.equal(old(x), load_scoring_model(fitted)(x))
 
 
 def test_windows_too_short_for_the_smoothing_are_a_config_error(run: Path, data: Path, tmp_path: Path) -> None:

@@ -188,6 +188,8 @@ LEGACY_DEFAULTS = {"envelope_bands": 0, "envelope_frame_ms": ScoringConfig.envel
                    "mel_fft": ScoringConfig.mel_fft, "mel_hop_ms": ScoringConfig.mel_hop_ms, "kurtosis_bands": 0,
                    "kurtosis_fft": ScoringConfig.kurtosis_fft, "kurtosis_hop_ms": ScoringConfig.kurtosis_hop_ms,
                    "finetune": {"steps": 0}, "learned_layers": []}
+# Fine-tuning settings whose default changed: what a folder fitted before they were written used.
+LEGACY_FINETUNE = {"part": "transformer"}
 
 
 @dataclass
@@ -358,6 +360,7 @@ def read_meta(path: str | Path) -> ScoringMeta:
     config = dict(raw.get("config", {}))
     # Settings added later whose "off" value is what older models were fitted with.
     config.update({k: v for k, v in LEGACY_DEFAULTS.items() if k not in config})
+    config["finetune"] = {**LEGACY_FINETUNE, **config["finetune"]}
     missing = sorted({f.name for f in fields(ScoringConfig)} - set(config))
     if missing:  # written before these settings existed: today's defaults may not be what it was fitted with
         warnings.warn(f"{p}: written by an older aiot-w2v2 without the scoring settings {', '.join(missing)}; "
