@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="model folder: scoring.safetensors + scoring.json")
     s.add_argument("--config", default=None, help="YAML with scoring settings (see docs/anomaly.md)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override, e.g. finetune.steps=0 (no fine-tuning) or window_seconds=1")
+                   help="override, e.g. finetune.steps=300 (anomaly fine-tuning; off by default) or "
+                        "window_seconds=1")
     s.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning in OUT/finetune")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_fit)
