@@ -45,6 +45,7 @@ def time_stats(x: Tensor, time_major: bool) -> Tensor:
     out = x if time_major else x.transpose(1, 2)  # (B, T_i, C_i)
     return torch.cat([out.mean(1), out.std(1)], 1)
 
+
 ADAPTED = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # the linears of each Transformer block
 
 

@@ -58,8 +58,9 @@ class AnomalyFinetuneConfig:
 
     # updates; 0 = off (the learned scorer then reads pooled pretrained layers, `learned_layers`). Off by default:
     # part "transformer" scored learned 0.53-0.56 mean AUC on the dev suite (the pooled pretrained conv blocks
-    # 0.744); part "conv" adds +0.02 on dev and +0.014 on held-out to learned and nothing to the decision
-    # scorer, for most of the fit's time (benchmarks/RESULTS.md, "Generalisation", issue 12).
+    # 0.744); part "conv" adds +0.02 (dev) / +0.014 (held-out) to learned after a short pretraining, nothing
+    # after a longer one, never to the decision scorer, for most of the fit's time (benchmarks/RESULTS.md,
+    # "Generalisation", issue 12).
     steps: int = 0
     # what trains: "transformer" (a copy of the Transformer + projection, `AnomalyEmbedder`) or "conv" (a copy
     # of the conv blocks `learned_layers` names, read through their pooled statistics, `ConvEmbedder`)

@@ -187,9 +187,7 @@ LEGACY_DEFAULTS = {"envelope_bands": 0, "envelope_frame_ms": ScoringConfig.envel
                    "envelope_lags_ms": list(ScoringConfig.envelope_lags_ms), "mel_bins": 0,
                    "mel_fft": ScoringConfig.mel_fft, "mel_hop_ms": ScoringConfig.mel_hop_ms, "kurtosis_bands": 0,
                    "kurtosis_fft": ScoringConfig.kurtosis_fft, "kurtosis_hop_ms": ScoringConfig.kurtosis_hop_ms,
-                   "finetune": {"steps": 0}, "learned_layers": []}
-# Fine-tuning settings whose default changed: what a folder fitted before they were written used.
-LEGACY_FINETUNE = {"part": "transformer"}
+                   "finetune": {"steps": 0, "part": "transformer"}, "learned_layers": []}
 
 
 @dataclass
@@ -358,9 +356,12 @@ def read_meta(path: str | Path) -> ScoringMeta:
     if int(raw.get("version", 0)) > VERSION:
         raise ValueError(f"{p / META}: version {raw['version']} is newer than this aiot-w2v2 reads ({VERSION})")
     config = dict(raw.get("config", {}))
-    # Settings added later whose "off" value is what older models were fitted with.
-    config.update({k: v for k, v in LEGACY_DEFAULTS.items() if k not in config})
-    config["finetune"] = {**LEGACY_FINETUNE, **config["finetune"]}
+    # Settings added later (at any depth) take the value older models were fitted with.
+    for key, legacy in LEGACY_DEFAULTS.items():
+        if key not in config:
+            config[key] = legacy
+        elif isinstance(legacy, dict):  # a section written before some of its keys existed
+            config[key] = {**legacy, **config[key]}
     missing = sorted({f.name for f in fields(ScoringConfig)} - set(config))
     if missing:  # written before these settings existed: today's defaults may not be what it was fitted with
         warnings.warn(f"{p}: written by an older aiot-w2v2 without the scoring settings {', '.join(missing)}; "
