@@ -1,0 +1,229 @@
+"""Branch probe: extract a model's features once, then score many rules without rerunning `fit`.
+
+`extract` runs a pretraining checkpoint once over every clip of a generalisation suite
+(benchmarks/generalisation.py makes them) and keeps, per 2 s scoring window (hop 1 s, as `fit`): the
+`spectral` embedding of the default frontend, the mean and std over time of every conv block's output
+(what the `learned` scorer pools), each block's output averaged in `--frame-ms` frames, and the mean and
+std over time of every Transformer layer's output. `score` fits each rule per section on the normal
+training windows only, scores the test clips (a clip's score is the mean over its windows, as in
+`evaluate`) and prints the mean AUC / pAUC over the sections, plus the per-section AUC with `-v`:
+
+    python benchmarks/branch_probe.py extract --model runs/pretrain_s9/ckpt_7000 \
+        --suite-dir runs/suites/dev --out runs/probe/dev.npz
+    python benchmarks/branch_probe.py score runs/probe/dev.npz
+
+`spectral` and `learned` reproduce `evaluate`'s columns of the same model exactly. Fusion rules z-score
+each branch on cross-fitted (4 folds of training clips) normal scores, as `fit` calibrates the ensemble;
+`oracle` picks per section the branch with the higher test AUC: it reads the labels, so it is not a
+scorer but the ceiling of any rule that chooses one branch per section. Rules are chosen on the dev
+suite; the held-out suite is scored once, after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.covariance import LedoitWolf, ShrunkCovariance
+
+from aiot_w2v2.anomaly.clips import clip_windows
+from aiot_w2v2.anomaly.embedder import conv_block_step, time_stats
+from aiot_w2v2.anomaly.fit import resolve_checkpoint
+from aiot_w2v2.anomaly.metrics import auc_pauc
+from aiot_w2v2.anomaly.scoring_model import ScoringConfig, make_frontend
+from aiot_w2v2.checkpoint import load_pretrained
+
+FOLDS = 4
+
+
+def extract(model: str, suite_dir: Path, out: Path, frame_ms: float) -> None:
+    cfg = ScoringConfig(scorers=("mahalanobis",), ensemble=()).validate()
+    pre = load_pretrained(resolve_checkpoint(model)).eval()
+    frontend = make_frontend(pre, cfg).eval()
+    w2v = pre.wav2vec2
+    blocks = w2v.feature_extractor.blocks
+    time_major = blocks[0].time_major
+    meta = pd.read_csv(suite_dir / "metadata.csv")
+    win, hop = int(cfg.window_seconds * 16000), int(cfg.hop_seconds * 16000)
+    spec, pooled, hidden, owner = [], [], [], []
+    frames: list[list[np.ndarray]] = [[] for _ in blocks]
+    t0 = time.time()
+    for k, path in enumerate(meta["path"]):
+        w = torch.from_numpy(clip_windows(suite_dir / path, win, hop, frontend.min_samples))
+        with torch.no_grad():
+            spec.append(frontend(w).embedding.numpy())
+            x = w[:, :, None] if time_major else w[:, None, :]
+            stats, stride = [], 1
+            for i, block in enumerate(blocks):
+                x, _ = conv_block_step(block, x, time_major)
+                stride *= block.stride
+                stats.append(time_stats(x, time_major).numpy())
+                channels_first = x.transpose(1, 2) if time_major else x  # (B, C, T)
+                pool = max(1, round(frame_ms * 16 / stride))
+                frames[i].append(F.avg_pool1d(channels_first, pool, pool).transpose(1, 2).numpy().astype(np.float16))
+            feats = x if time_major else x.transpose(1, 2)  # (B, T, C)
+            h = w2v.layer_norm(feats)
+            h = w2v.post_extract_proj(h) if w2v.post_extract_proj is not None else h
+            states = w2v.encoder(h, None)
+            hidden.append(np.stack([torch.cat([s.mean(1), s.std(1)], 1).numpy() for s in states], 1))
+        pooled.append(np.stack(stats, 1))  # (W, blocks, 2C)
+        owner += [k] * w.shape[0]
+        if k % 200 == 0:
+            print(f"{k}/{len(meta)} clips, {time.time() - t0:.0f} s", file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, spectral=np.concatenate(spec), pooled=np.concatenate(pooled), hidden=np.concatenate(hidden),
+             owner=np.array(owner), meta=meta.to_csv(index=False),
+             **{f"frames{i}": np.concatenate(f) for i, f in enumerate(frames)})
+    print(f"{out}: {len(meta)} clips, {len(owner)} windows, {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------
+# scoring
+
+
+def mahalanobis(train: np.ndarray, test: np.ndarray, shrinkage: float | None, standardise: bool) -> np.ndarray:
+    """As `scorers.fit_stats` / `_fit_learned`: [standardise,] shrunk covariance (None = Ledoit-Wolf)."""
+    train, test = train.astype(np.float64), test.astype(np.float64)
+    if standardise:
+        mu, sd = train.mean(0), train.std(0) + 1e-6
+        train, test = (train - mu) / sd, (test - mu) / sd
+    cov = (LedoitWolf() if shrinkage is None else ShrunkCovariance(shrinkage=shrinkage)).fit(train)
+    d = test - cov.location_
+    return np.sqrt(np.maximum(np.einsum("nd,dk,nk->n", d, cov.precision_, d), 0.0))
+
+
+def knn(train: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
+    """1 - mean cosine similarity of the standardised window to its k nearest normal windows."""
+    mu, sd = train.mean(0), train.std(0) + 1e-6
+    a = (train - mu) / sd
+    b = (test - mu) / sd
+    a /= np.linalg.norm(a, axis=1, keepdims=True) + 1e-8
+    b /= np.linalg.norm(b, axis=1, keepdims=True) + 1e-8
+    return 1.0 - np.sort(b @ a.T, 1)[:, -k:].mean(1)
+
+
+def rhythm(frames: np.ndarray, lags: tuple[int, ...] = (1, 2, 4, 8, 16, 32), groups: int = 4) -> np.ndarray:
+    """(W, T, C) frames -> (W, groups * len(lags)): each channel's normalised autocorrelation over time at
+    `lags` frames, averaged within `groups` groups of channels."""
+    x = frames.astype(np.float64)
+    x = x - x.mean(1, keepdims=True)
+    var = (x * x).mean(1) + 1e-8
+    W = x.shape[0]
+    return np.concatenate([((x[:, lag:] * x[:, :-lag]).mean(1) / var).reshape(W, groups, -1).mean(2)
+                           for lag in lags], 1)
+
+
+def frame_gauss(frames: np.ndarray, tr: np.ndarray, te: np.ndarray, top: float = 0.1) -> np.ndarray:
+    """One Gaussian over every training frame; a window's score = mean of its `top` worst frame distances."""
+    C = frames.shape[2]
+    T = frames.shape[1]
+    d = mahalanobis(frames[tr].reshape(-1, C), frames[te].reshape(-1, C), None, True).reshape(len(te), T)
+    return np.sort(d, 1)[:, -max(1, int(T * top)):].mean(1)
+
+
+Rule = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (train windows, test windows) -> test window scores
+
+
+def rules(d: dict[str, np.ndarray]) -> dict[str, Rule]:
+    spec, pooled, hidden = d["spectral"], d["pooled"], d["hidden"]
+    W = len(spec)
+    learned = pooled[:, [0, 2]].reshape(W, -1)
+    slow2 = d["frames2"].astype(np.float64).std(1)
+    maha = lambda x, sh=None, st=True: lambda tr, te: mahalanobis(x[tr], x[te], sh, st)  # noqa: E731
+    out: dict[str, Rule] = {"spectral": maha(spec, 1e-3, False), "learned": maha(learned)}
+    out |= {f"learned block {b}": maha(pooled[:, b]) for b in range(pooled.shape[1])}
+    out["learned blocks 0+1+2"] = maha(pooled[:, [0, 1, 2]].reshape(W, -1))
+    out["learned blocks 0+2+4"] = maha(pooled[:, [0, 2, 4]].reshape(W, -1))
+    out["learned + slow std block 2"] = maha(np.concatenate([learned, slow2], 1))
+    out["learned + rhythm block 2"] = maha(np.concatenate([learned, rhythm(d["frames2"])], 1))
+    out["learned + both"] = maha(np.concatenate([learned, slow2, rhythm(d["frames2"])], 1))
+    out |= {f"transformer layer {i}": maha(hidden[:, i]) for i in range(hidden.shape[1])}
+    out["frame Gaussian block 2 (top 10%)"] = lambda tr, te: frame_gauss(d["frames2"].astype(np.float32), tr, te)
+    out["learned kNN (k=1)"] = lambda tr, te: knn(learned[tr], learned[te], 1)
+    out["joint Gaussian spectral + learned"] = maha(np.concatenate([spec, learned], 1), 0.05)
+    return out
+
+
+def section_scores(d: dict[str, np.ndarray], meta: pd.DataFrame, rule: Rule, rng: np.random.Generator
+                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per section: (cross-fitted normal training clip scores, test clip scores, test labels)."""
+    owner = d["owner"]
+    windows = lambda clips: np.flatnonzero(np.isin(owner, clips))  # noqa: E731
+
+    def clip_mean(tr: np.ndarray, te: np.ndarray) -> pd.Series:
+        wte = windows(te)
+        return pd.Series(rule(windows(tr), wte)).groupby(owner[wte]).mean()
+
+    out = []
+    for _, g in meta.groupby(["machine", "machine_id"]):
+        tr, te = g.index[g.split == "train"].values, g.index[g.split == "test"].values
+        oof = np.concatenate([clip_mean(np.setdiff1d(tr, f), f).values
+                              for f in np.array_split(rng.permutation(tr), FOLDS)])
+        test = clip_mean(tr, te)
+        out.append((oof, test.values, (meta.loc[test.index, "label"] == "anomaly").astype(int).values))
+    return out
+
+
+def summary(per_section: list[np.ndarray]) -> tuple[float, float, np.ndarray]:
+    r = np.array(per_section)  # (sections, 2)
+    return float(r[:, 0].mean()), float(r[:, 1].mean()), r[:, 0]
+
+
+def score(path: Path, verbose: bool, only: list[str] | None) -> pd.DataFrame:
+    z = np.load(path)
+    d = {k: z[k] for k in z.files if k != "meta"}
+    meta = pd.read_csv(io.StringIO(str(z["meta"])))
+    rows, kept = [], {}
+    for name, rule in rules(d).items():
+        if only and name not in only and name not in ("spectral", "learned"):
+            continue
+        t0 = time.time()
+        kept[name] = section_scores(d, meta, rule, np.random.default_rng(0))
+        auc, pauc, per = summary([auc_pauc(y, s) for _, s, y in kept[name]])
+        rows.append((name, auc, pauc, per, time.time() - t0))
+    zs = lambda oof, s: (s - oof.mean()) / (oof.std() + 1e-12)  # noqa: E731
+    spec, lrn = kept["spectral"], kept["learned"]
+    for label, w in (("fusion: mean z (the ensemble column)", 1.0), ("fusion: z spectral + 0.35 z learned", 0.35)):
+        fused = [auc_pauc(y, zs(o1, s1) + w * zs(o2, s2)) for (o1, s1, y), (o2, s2, _) in zip(spec, lrn, strict=True)]
+        rows.append((label, *summary(fused), 0.0))
+    best = [max(auc_pauc(y, s1), auc_pauc(y, s2)) for (_, s1, y), (_, s2, _) in zip(spec, lrn, strict=True)]
+    rows.append(("oracle: the better branch per section (reads labels)", *summary(best), 0.0))
+    df = pd.DataFrame(rows, columns=["rule", "AUC", "pAUC", "per-section AUC", "s"])
+    if verbose:
+        df["per-section AUC"] = df["per-section AUC"].map(lambda a: " ".join(f"{v:.2f}" for v in a))
+    else:
+        df = df.drop(columns="per-section AUC")
+    return df
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("extract", help="run a model over a suite once")
+    e.add_argument("--model", required=True, help="pretraining run folder or checkpoint folder")
+    e.add_argument("--suite-dir", required=True, type=Path, help="a generalisation suite (metadata.csv + clips)")
+    e.add_argument("--out", required=True, type=Path, help="the .npz to write")
+    e.add_argument("--frame-ms", type=float, default=20.0, help="frame length of the stored block outputs")
+    s = sub.add_parser("score", help="score every rule on an extracted suite")
+    s.add_argument("npz", type=Path)
+    s.add_argument("-v", "--verbose", action="store_true", help="also print each section's AUC")
+    s.add_argument("--rule", action="append", help="only these rules (repeatable; spectral and learned always run)")
+    args = p.parse_args(argv)
+    if args.cmd == "extract":
+        extract(args.model, args.suite_dir, args.out, args.frame_ms)
+    else:
+        with pd.option_context("display.max_colwidth", 80, "display.width", 200):
+            print(score(args.npz, args.verbose, args.rule).to_string(index=False, float_format="%.3f"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
