@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from aiot_w2v2.anomaly.embedder import AnomalyEmbedder, ConvEmbedder
+from aiot_w2v2.anomaly.embedder import AnomalyEmbedder, ConvEmbedder, Rhythm
 from aiot_w2v2.anomaly.finetune import AnomalyFinetuneConfig, finetune_embedder
 from aiot_w2v2.anomaly.margin import AngularMarginHead, arcface_cosine
 from aiot_w2v2.anomaly.pseudo import make_batch
@@ -198,9 +198,13 @@ def test_conv_part_trains_a_copy_of_the_conv_blocks_and_resumes_exactly(
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     # a state of the other part (or other blocks) is not resumed into this one
-    with pytest.raises(CheckpointError, match=r"part 'conv' \(conv layers \[0, 2\]\).*'conv' \(conv layers \[1\]\)"):
+    with pytest.raises(CheckpointError, match=r"part 'conv' \(conv layers \[0, 2\], .*'conv' \(conv layers \[1\], "):
         finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "b", conv_layers=(1,), progress=False,
                           resume=True)
+    rhythm = Rhythm.of(w2v.feature_extractor.blocks, 2, 10.0, (10.0, 20.0), 2)  # nor one with another rhythm
+    with pytest.raises(CheckpointError, match=r"rhythm None\).*rhythm \{'block': 2, 'pool': 8, 'lags': \[1, 2\]"):
+        finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "b", conv_layers=(0, 2), rhythm=rhythm,
+                          progress=False, resume=True)
     with pytest.raises(CheckpointError, match="part 'conv'.*'transformer'"):
         finetune_embedder(model, pcfg, paths, keys, keys, FAST, tmp_path / "b", progress=False, resume=True)
 

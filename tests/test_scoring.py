@@ -356,7 +356,8 @@ def test_evaluate_reports_the_learned_and_the_spectral_branch(fitted: Path, data
 
 def test_finetuning_off_reads_pooled_pretrained_layers(run: Path, data: Path, tmp_path: Path) -> None:
     cfg = replace(CFG, scorers=("learned", "spectral"), ensemble=("learned", "spectral"), decision_scorer="ensemble",
-                  finetune=replace(CFG.finetune, steps=0), learned_layers=("conv0", "transformer2"))
+                  finetune=replace(CFG.finetune, steps=0), learned_layers=("conv0", "transformer2"),
+                  learned_rhythm_layer="")  # the rhythm has its own test
     fit_scoring(run, data, tmp_path / "m", cfg, progress=False)
     model = load_scoring_model(tmp_path / "m")
     assert model.embedder is None and not (tmp_path / "m" / "finetune").exists()
@@ -388,6 +389,56 @@ def test_finetuning_off_reads_pooled_pretrained_layers(run: Path, data: Path, tm
         replace(CFG, adapt_steps=2).validate()
 
 
+def _rhythm_reference(out: np.ndarray, pool: int, lags: tuple[int, ...], groups: int) -> np.ndarray:
+    """A block's output (B, T, C) -> per channel: mean over `pool`-frame chunks, centred; autocorrelation
+    sum_t x_t x_t+lag / sum_t x_t^2 at each lag; averaged over `groups` contiguous channel groups."""
+    B, T, C = out.shape
+    n = T // pool
+    x = out[:, : n * pool].reshape(B, n, pool, C).mean(2)
+    x = x - x.mean(1, keepdims=True)
+    power = (x * x).sum(1) + 1e-9
+    ac = np.stack([(x[:, :-lag] * x[:, lag:]).sum(1) / power for lag in lags], 1)  # (B, L, C)
+    return ac.reshape(B, len(lags), groups, C // groups).mean(3).reshape(B, -1)
+
+
+def test_learned_rhythm_is_the_autocorrelation_of_a_blocks_output(run: Path, data: Path, tmp_path: Path) -> None:
+    cfg = replace(CFG, scorers=("learned", "spectral"), ensemble=("learned", "spectral"), decision_scorer="spectral",
+                  finetune=replace(CFG.finetune, steps=0), learned_layers=("conv0", "conv2"),
+                  learned_rhythm_layer="conv2", learned_rhythm_frame_ms=10.0, learned_rhythm_lags_ms=(10.0, 30.0),
+                  learned_rhythm_groups=2)
+    fit_scoring(run, data, tmp_path / "m", cfg, progress=False)
+    model = load_scoring_model(tmp_path / "m")
+    blocks = model.frontend.model.wav2vec2.feature_extractor.blocks
+    x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
+    with torch.inference_mode():
+        out, parts = x[:, :, None], []
+        for i, block in enumerate(blocks[:3]):
+            out, _ = block(out, None)
+            if i in (0, 2):
+                parts += [out.mean(1), out.std(1)]
+        stride = blocks[0].stride * blocks[1].stride * blocks[2].stride
+        rhythm = _rhythm_reference(out.double().numpy(), round(160 / stride), (1, 3), 2)
+        learned = model.frontend(x).learned
+    torch.testing.assert_close(learned[:, : -rhythm.shape[1]], torch.cat(parts, 1))
+    np.testing.assert_allclose(learned[:, -rhythm.shape[1]:].numpy(), rhythm, rtol=1e-4, atol=1e-5)
+    assert rhythm.shape[1] == 2 * 2 and np.abs(rhythm).max() <= 1.0 + 1e-6
+    # a fine-tuned copy of the blocks appends its own rhythm, read the same way
+    cfg = replace(cfg, finetune=replace(CFG.finetune, part="conv"))
+    fit_scoring(run, data, tmp_path / "ft", cfg, progress=False)
+    tuned = load_scoring_model(tmp_path / "ft")
+    assert tuned.embedder.rhythm == model.frontend.learned_rhythm
+    with torch.inference_mode():
+        assert tuned.frontend(x).learned.shape == learned.shape
+    with pytest.raises(ConfigError, match="learned_rhythm_layer: 'mel2'"):
+        replace(cfg, learned_rhythm_layer="mel2").validate()
+    with pytest.raises(ConfigError, match="learned_rhythm_frame_ms"):
+        replace(cfg, learned_rhythm_lags_ms=()).validate()
+    with pytest.raises(ValueError, match="groups must divide"):
+        fit_scoring(run, data, tmp_path / "bad", replace(cfg, learned_rhythm_groups=7), progress=False)
+    with pytest.raises(ValueError, match="out of range"):
+        fit_scoring(run, data, tmp_path / "bad", replace(cfg, learned_rhythm_layer="conv9"), progress=False)
+
+
 def test_conv_finetuning_feeds_the_learned_scorer(run: Path, data: Path, tmp_path: Path) -> None:
     cfg = replace(CFG, scorers=("mahalanobis", "learned", "spectral"), ensemble=("spectral", "learned"),
                   finetune=replace(CFG.finetune, part="conv"), learned_layers=("conv0", "conv2"))
@@ -404,7 +455,8 @@ def test_conv_finetuning_feeds_the_learned_scorer(run: Path, data: Path, tmp_pat
             out, _ = block(out, None)
             if i in (0, 2):
                 parts += [out.mean(1), out.std(1)]
-        assert learned.shape == torch.cat(parts, 1).shape and not torch.allclose(learned, torch.cat(parts, 1))
+        frozen_stats = torch.cat(parts, 1)  # then the (default) rhythm of block 2
+        assert not torch.allclose(learned[:, : frozen_stats.shape[1]], frozen_stats)
     with pytest.raises(ConfigError, match="must all be conv<i>"):
         replace(cfg, learned_layers=("conv0", "transformer1")).validate()
 

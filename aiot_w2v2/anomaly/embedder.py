@@ -4,7 +4,8 @@ Two kinds, `finetune.part`:
 
 `ConvEmbedder` (part `conv`): a copy of the pretrained conv blocks 0..max(`learned_layers`) that runs on
 the audio itself and returns what the `learned` scorer reads without fine-tuning: the mean and std over
-time of the chosen blocks' outputs (after norm and GELU), concatenated (`pooled`). For training, a
+time of the chosen blocks' outputs (after norm and GELU), concatenated [, then the `Rhythm` of one
+block's output] (`pooled`). For training, a
 non-affine layer norm and a linear projection map that to the angular-margin head's input (`forward`).
 The pretrained feature encoder itself stays frozen beside it (the `spectral` branch and the codes read it).
 
@@ -22,6 +23,7 @@ module either way. It knows nothing about classes, heads or data.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,53 @@ def time_stats(x: Tensor, time_major: bool) -> Tensor:
     """A block's output -> (B, 2 C_i): its mean and std over time."""
     out = x if time_major else x.transpose(1, 2)  # (B, T_i, C_i)
     return torch.cat([out.mean(1), out.std(1)], 1)
+
+
+@dataclass(frozen=True)
+class Rhythm:
+    """The rhythm of what the network learned: the output of conv block `block` averaged in frames of
+    `pool` block frames, each channel's autocorrelation over time at `lags` frames (normalised by lag 0),
+    averaged within `groups` contiguous groups of channels -> (B, groups * len(lags)), lag-major.
+
+    Periodic faults (a loose part, a misaligned shaft, a pulsing flow) modulate a machine's sound at its
+    rotation rate: pooled means and stds cannot see a period, an autocorrelation can. It reads the
+    network's output only (no filter bank of ours). Lags beyond the window give 0 (no overlap)."""
+
+    block: int
+    pool: int
+    lags: tuple[int, ...]
+    groups: int
+
+    @staticmethod
+    def of(blocks: nn.ModuleList, block: int, frame_ms: float, lags_ms: tuple[float, ...], groups: int,
+           sample_rate: int = 16000) -> Rhythm:
+        """Frames of `frame_ms`, lags in ms; checks them against the conv stack `blocks`."""
+        if not 0 <= block < len(blocks):
+            raise ValueError(f"learned_rhythm_layer conv{block} out of range conv0..conv{len(blocks) - 1}")
+        channels = blocks[block].conv.out_channels
+        if frame_ms <= 0 or not lags_ms or min(lags_ms) <= 0 or groups < 1 or channels % groups:
+            raise ValueError(f"learned rhythm: frame_ms and every lag must be > 0 and groups must divide the "
+                             f"{channels} channels of conv{block} (got {frame_ms}, {list(lags_ms)}, {groups})")
+        stride = 1
+        for b in blocks[: block + 1]:
+            stride *= b.stride
+        pool = max(1, round(frame_ms / 1000 * sample_rate / stride))
+        lags = tuple(sorted({max(1, round(lag / frame_ms)) for lag in lags_ms}))
+        return Rhythm(block, pool, lags, groups)
+
+    @property
+    def dim(self) -> int:
+        return self.groups * len(self.lags)
+
+    def __call__(self, x: Tensor, time_major: bool) -> Tensor:
+        """The block's output (B, T, C) if `time_major` else (B, C, T) -> (B, groups * len(lags))."""
+        out = x.transpose(1, 2) if time_major else x  # (B, C, T_i)
+        frames = F.avg_pool1d(out, self.pool, self.pool)  # (B, C, T)
+        frames = frames - frames.mean(2, keepdim=True)
+        power = frames.pow(2).sum(2) + 1e-9  # (B, C): lag 0
+        ac = torch.stack([(frames[:, :, :-lag] * frames[:, :, lag:]).sum(2) / power for lag in self.lags], 1)
+        B, L, C = ac.shape
+        return ac.reshape(B, L, self.groups, C // self.groups).mean(3).flatten(1)
 
 
 ADAPTED = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # the linears of each Transformer block
@@ -127,14 +176,15 @@ class ConvEmbedder(nn.Module):
     (B, embedding_dim) (`forward`, what the head trains on)."""
 
     def __init__(self, w2v: Wav2Vec2Model, layers: tuple[int, ...], embedding_dim: int,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, rhythm: Rhythm | None = None) -> None:
         super().__init__()
         blocks = w2v.feature_extractor.blocks
         if not layers or min(layers) < 0 or max(layers) >= len(blocks):
             raise ValueError(f"conv layers {list(layers)} out of range 0..{len(blocks) - 1}")
         self.layers = tuple(sorted(set(layers)))
-        self.blocks = copy.deepcopy(blocks[: max(self.layers) + 1])
-        dim = 2 * sum(self.blocks[i].conv.out_channels for i in self.layers)
+        self.rhythm = rhythm
+        self.blocks = copy.deepcopy(blocks[: max(self.layers + ((rhythm.block,) if rhythm else ())) + 1])
+        dim = 2 * sum(self.blocks[i].conv.out_channels for i in self.layers) + (rhythm.dim if rhythm else 0)
         self.norm = nn.LayerNorm(dim, elementwise_affine=False)  # the blocks' statistics differ in scale
         self.projection = nn.Linear(dim, embedding_dim)
         with torch.no_grad():
@@ -142,15 +192,18 @@ class ConvEmbedder(nn.Module):
             self.projection.bias.zero_()
 
     def pooled(self, audio: Tensor) -> Tensor:
-        """(B, S) -> (B, L): mean and std over time of each chosen block's output, in block order."""
+        """(B, S) -> (B, L): mean and std over time of each chosen block's output, in block order [, then the
+        rhythm]."""
         time_major = self.blocks[0].time_major
         x = audio[:, :, None] if time_major else audio[:, None, :]
-        parts = []
+        parts, rhythm = [], []
         for i, block in enumerate(self.blocks):  # as ScoringFrontend's conv stack
             x, _ = conv_block_step(block, x, time_major)
             if i in self.layers:
                 parts.append(time_stats(x, time_major))
-        return torch.cat(parts, 1)
+            if self.rhythm is not None and i == self.rhythm.block:
+                rhythm.append(self.rhythm(x, time_major))
+        return torch.cat(parts + rhythm, 1)
 
     def forward(self, audio: Tensor) -> Tensor:
         return self.projection(self.norm(self.pooled(audio)))

@@ -40,7 +40,7 @@ from ..checkpoint import CheckpointError
 from ..config import ConfigError, PretrainConfig, to_dict
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
 from ..train import state as train_state
-from .embedder import AnomalyEmbedder, ConvEmbedder, Embedder, conv_features
+from .embedder import AnomalyEmbedder, ConvEmbedder, Embedder, Rhythm, conv_features
 from .margin import AngularMarginHead
 from .pseudo import make_batch, num_pseudo_classes
 
@@ -163,13 +163,14 @@ def _lr(step: int, cfg: AnomalyFinetuneConfig) -> float:
 
 def finetune_embedder(pretrained: Wav2Vec2ForPreTraining, pcfg: PretrainConfig, paths: list[str],
                       class_keys: list[str], id_keys: list[str], cfg: AnomalyFinetuneConfig, out: str | Path, *,
-                      conv_layers: tuple[int, ...] = (), resume: bool = False, progress: bool = True,
-                      stop_after: int | None = None,
+                      conv_layers: tuple[int, ...] = (), rhythm: Rhythm | None = None, resume: bool = False,
+                      progress: bool = True, stop_after: int | None = None,
                       sample_rate: int = 16000) -> tuple[Embedder, AnomalyFinetuneSummary]:
     """Fine-tune an `AnomalyEmbedder` (or, with `cfg.part` "conv", a `ConvEmbedder` of the conv blocks
-    `conv_layers`) on the normal clips `paths` (their metadata class `class_keys`, their machine ID
-    `id_keys`); the state goes to `out/finetune`. Returns the embedder (adapters merged, eval mode) and a
-    summary. `stop_after` stops after that many updates of this call, like an interruption."""
+    `conv_layers` [and the `rhythm` of one of them]) on the normal clips `paths` (their metadata class
+    `class_keys`, their machine ID `id_keys`); the state goes to `out/finetune`. Returns the embedder
+    (adapters merged, eval mode) and a summary. `stop_after` stops after that many updates of this call,
+    like an interruption."""
     cfg.validate()
     if cfg.part == "conv" and not conv_layers:
         raise ConfigError("finetune.part 'conv' needs learned_layers of conv blocks (conv<i>), got none")
@@ -200,7 +201,7 @@ def finetune_embedder(pretrained: Wav2Vec2ForPreTraining, pcfg: PretrainConfig, 
     torch.manual_seed(cfg.seed)  # dropout inside the Transformer draws on the global generator
     embedder: Embedder
     if cfg.part == "conv":
-        embedder = ConvEmbedder(w2v, conv_layers, cfg.embedding_dim, generator)
+        embedder = ConvEmbedder(w2v, conv_layers, cfg.embedding_dim, generator, rhythm)
     else:
         embedder = AnomalyEmbedder(w2v, cfg.embedding_dim, generator)
         if cfg.adapter_rank:
@@ -216,7 +217,8 @@ def finetune_embedder(pretrained: Wav2Vec2ForPreTraining, pcfg: PretrainConfig, 
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     meta = dict(config=to_dict(cfg), model=to_dict(pcfg.model), classes=names, clips=len(paths),
-                conv_layers=list(conv_layers) if cfg.part == "conv" else [])
+                conv_layers=list(conv_layers) if cfg.part == "conv" else [],
+                rhythm=asdict(rhythm) | {"lags": list(rhythm.lags)} if cfg.part == "conv" and rhythm else None)
     step, history = 0, []
     if resume and (last / META).exists():
         step, history = _load(last, meta, embedder, head, optimizer, generator)
@@ -302,11 +304,12 @@ def _load(last: Path, meta: dict[str, Any], embedder: Embedder, head: AngularMar
     if diff:
         raise CheckpointError(f"{last}: fine-tuning was started from a pretrained model with another config; "
                               f"refusing to resume it with this one ({'; '.join(diff)})")
-    saved_part = (saved["config"].get("part", "transformer"), saved.get("conv_layers", []))
-    if saved_part != (meta["config"]["part"], meta["conv_layers"]):
+    saved_part = (saved["config"].get("part", "transformer"), saved.get("conv_layers", []), saved.get("rhythm"))
+    if saved_part != (meta["config"]["part"], meta["conv_layers"], meta["rhythm"]):
         raise CheckpointError(f"{last}: fine-tuning was started on part {saved_part[0]!r} (conv layers "
-                              f"{saved_part[1]}), this fit trains {meta['config']['part']!r} (conv layers "
-                              f"{meta['conv_layers']}); fit without --resume to start afresh")
+                              f"{saved_part[1]}, rhythm {saved_part[2]}), this fit trains {meta['config']['part']!r} "
+                              f"(conv layers {meta['conv_layers']}, rhythm {meta['rhythm']}); fit without --resume "
+                              "to start afresh")
     if saved["classes"] != meta["classes"]:
         raise CheckpointError(f"{last}: fine-tuning was started on the classes {saved['classes']}, these clips "
                               f"have {meta['classes']}; fit without --resume to start afresh")

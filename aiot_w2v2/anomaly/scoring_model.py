@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, PretrainConfig, from_dict, load_yaml, merge, parse_overrides, to_dict
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining, Wav2Vec2Model
-from .embedder import AnomalyEmbedder, ConvEmbedder, Embedder
+from .embedder import AnomalyEmbedder, ConvEmbedder, Embedder, Rhythm
 from .finetune import AnomalyFinetuneConfig
 from .frontend import ScoringFrontend, WindowFeatures
 from .scorers import EMBEDDING_SCORERS, ENSEMBLE, SCORERS, score_windows
@@ -101,6 +101,16 @@ class ScoringConfig:
     # beat 0 + 2 + 4 by 0.015-0.023 mean AUC on three pretrained models (CPU 7000 updates, GPU 5090 / 20287).
     learned_layers: tuple[str, ...] = LEARNED_LAYERS
     learned_shrinkage: float | None = None
+    # Appended to the `learned` embedding ("" = off): the rhythm of conv block `learned_rhythm_layer`'s
+    # output, each channel's autocorrelation over time in `learned_rhythm_frame_ms` frames at
+    # `learned_rhythm_lags_ms`, averaged within `learned_rhythm_groups` groups of channels (embedder.Rhythm).
+    # Chosen on the dev suite (benchmarks/branch_probe.py): `learned` +0.012 to +0.028 mean AUC on four
+    # models (random, CPU 2500 / 7000 / 9000 updates; benchmarks/RESULTS.md, "Generalisation"). Not with
+    # finetune.part "transformer" (that embedding is the Transformer's states alone).
+    learned_rhythm_layer: str = "conv2"
+    learned_rhythm_frame_ms: float = 20.0
+    learned_rhythm_lags_ms: tuple[float, ...] = (20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
+    learned_rhythm_groups: int = 4
     threshold_percentile: float = 0.9  # gamma fit (DCASE baseline)
     batch_windows: int = 32
     seed: int = 0
@@ -130,6 +140,13 @@ class ScoringConfig:
         for name in self.learned_layers:
             if not re.fullmatch(r"(conv|transformer)\d+", name):
                 raise ConfigError(f"learned_layers: {name!r} is not conv<i> or transformer<i>")
+        if self.learned_rhythm_layer and not re.fullmatch(r"conv\d+", self.learned_rhythm_layer):
+            raise ConfigError(f"learned_rhythm_layer: {self.learned_rhythm_layer!r} is not conv<i> or '' (off)")
+        if self.learned_rhythm_layer and (self.learned_rhythm_frame_ms <= 0 or not self.learned_rhythm_lags_ms
+                                          or min(self.learned_rhythm_lags_ms) <= 0 or self.learned_rhythm_groups < 1):
+            raise ConfigError("learned_rhythm_frame_ms and every lag in learned_rhythm_lags_ms must be > 0 and "
+                              f"learned_rhythm_groups >= 1 (got {self.learned_rhythm_frame_ms}, "
+                              f"{list(self.learned_rhythm_lags_ms)}, {self.learned_rhythm_groups})")
         if self.envelope_bands < 0 or (self.envelope_bands and (self.envelope_frame_ms <= 0 or not self.envelope_lags_ms
                                                                 or min(self.envelope_lags_ms) <= 0)):
             raise ConfigError("envelope_bands must be >= 0; with bands, envelope_frame_ms and every lag in "
@@ -154,6 +171,15 @@ class ScoringConfig:
             raise ConfigError(f"finetune.part 'conv' fine-tunes the conv blocks learned_layers names: they must all "
                               f"be conv<i>, got {list(self.learned_layers)}")
         return self
+
+    def learned_rhythm(self, w2v: Wav2Vec2Model) -> Rhythm | None:
+        """The rhythm appended to the `learned` embedding of `w2v` (None: off, no learned scorer, or a
+        Transformer fine-tuning, whose embedding is the Transformer's states alone)."""
+        if not self.learned_rhythm_layer or "learned" not in self.scorers or (
+                self.finetuned() and self.finetune.part == "transformer"):
+            return None
+        return Rhythm.of(w2v.feature_extractor.blocks, int(self.learned_rhythm_layer[4:]),
+                         self.learned_rhythm_frame_ms, tuple(self.learned_rhythm_lags_ms), self.learned_rhythm_groups)
 
     def learned_conv_layers(self) -> tuple[int, ...]:
         """The block indices of the conv<i> entries of `learned_layers`."""
@@ -187,7 +213,7 @@ LEGACY_DEFAULTS = {"envelope_bands": 0, "envelope_frame_ms": ScoringConfig.envel
                    "envelope_lags_ms": list(ScoringConfig.envelope_lags_ms), "mel_bins": 0,
                    "mel_fft": ScoringConfig.mel_fft, "mel_hop_ms": ScoringConfig.mel_hop_ms, "kurtosis_bands": 0,
                    "kurtosis_fft": ScoringConfig.kurtosis_fft, "kurtosis_hop_ms": ScoringConfig.kurtosis_hop_ms,
-                   "finetune": {"steps": 0, "part": "transformer"}, "learned_layers": []}
+                   "finetune": {"steps": 0, "part": "transformer"}, "learned_layers": [], "learned_rhythm_layer": ""}
 
 
 @dataclass
@@ -240,7 +266,8 @@ def make_frontend(model: Wav2Vec2ForPreTraining, cfg: ScoringConfig,
                            mel_bins=cfg.mel_bins, mel_fft=cfg.mel_fft, mel_hop_ms=cfg.mel_hop_ms,
                            kurtosis_bands=cfg.kurtosis_bands, kurtosis_fft=cfg.kurtosis_fft,
                            kurtosis_hop_ms=cfg.kurtosis_hop_ms, learned="learned" in cfg.scorers, embedder=embedder,
-                           learned_layers=tuple(cfg.learned_layers))
+                           learned_layers=tuple(cfg.learned_layers),
+                           learned_rhythm=cfg.learned_rhythm(model.wav2vec2))
 
 
 def entry_key(machine: str, machine_id: str) -> str:
@@ -387,7 +414,7 @@ def embedder_skeleton(meta: ScoringMeta) -> Embedder | None:
         return None
     w2v = Wav2Vec2Model(meta.pretrain.model)
     if cfg.finetune.part == "conv":
-        return ConvEmbedder(w2v, cfg.learned_conv_layers(), cfg.finetune.embedding_dim)
+        return ConvEmbedder(w2v, cfg.learned_conv_layers(), cfg.finetune.embedding_dim, rhythm=cfg.learned_rhythm(w2v))
     return AnomalyEmbedder(w2v, cfg.finetune.embedding_dim)
 
 
