@@ -12,7 +12,8 @@ training windows only, scores the test clips (a clip's score is the mean over it
         --suite-dir runs/suites/dev --out runs/probe/dev.npz
     python benchmarks/branch_probe.py score runs/probe/dev.npz
 
-`spectral` and `learned` reproduce `evaluate`'s columns of the same model exactly. Fusion rules z-score
+`spectral` and `learned` (the defaults: pooled blocks 0 + 2 and the rhythm of block 2) reproduce
+`evaluate`'s columns of the same model. Fusion rules z-score
 each branch on cross-fitted (4 folds of training clips) normal scores, as `fit` calibrates the ensemble;
 `oracle` picks per section the branch with the higher test AUC: it reads the labels, so it is not a
 scorer but the ceiling of any rule that chooses one branch per section. Rules are chosen on the dev
@@ -135,20 +136,22 @@ Rule = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (train windows, test wi
 def rules(d: dict[str, np.ndarray]) -> dict[str, Rule]:
     spec, pooled, hidden = d["spectral"], d["pooled"], d["hidden"]
     W = len(spec)
-    learned = pooled[:, [0, 2]].reshape(W, -1)
+    learned = pooled[:, [0, 2]].reshape(W, -1)  # the `learned` scorer before session 11
     slow2 = d["frames2"].astype(np.float64).std(1)
     maha = lambda x, sh=None, st=True: lambda tr, te: mahalanobis(x[tr], x[te], sh, st)  # noqa: E731
-    out: dict[str, Rule] = {"spectral": maha(spec, 1e-3, False), "learned": maha(learned)}
+    out: dict[str, Rule] = {"spectral": maha(spec, 1e-3, False),
+                            "learned": maha(np.concatenate([learned, rhythm(d["frames2"])], 1)),
+                            "learned blocks 0+2 (without the rhythm)": maha(learned)}
     out |= {f"learned block {b}": maha(pooled[:, b]) for b in range(pooled.shape[1])}
     out["learned blocks 0+1+2"] = maha(pooled[:, [0, 1, 2]].reshape(W, -1))
     out["learned blocks 0+2+4"] = maha(pooled[:, [0, 2, 4]].reshape(W, -1))
-    out["learned + slow std block 2"] = maha(np.concatenate([learned, slow2], 1))
-    out["learned + rhythm block 2"] = maha(np.concatenate([learned, rhythm(d["frames2"])], 1))
-    out["learned + both"] = maha(np.concatenate([learned, slow2, rhythm(d["frames2"])], 1))
+    out["blocks 0+2 + slow std block 2"] = maha(np.concatenate([learned, slow2], 1))
+    out["learned + slow std block 2"] = maha(np.concatenate([learned, rhythm(d["frames2"]), slow2], 1))
+    out["blocks 0+2 + rhythm block 6"] = maha(np.concatenate([learned, rhythm(d["frames6"])], 1))
     out |= {f"transformer layer {i}": maha(hidden[:, i]) for i in range(hidden.shape[1])}
     out["frame Gaussian block 2 (top 10%)"] = lambda tr, te: frame_gauss(d["frames2"].astype(np.float32), tr, te)
-    out["learned kNN (k=1)"] = lambda tr, te: knn(learned[tr], learned[te], 1)
-    out["joint Gaussian spectral + learned"] = maha(np.concatenate([spec, learned], 1), 0.05)
+    out["blocks 0+2 kNN (k=1)"] = lambda tr, te: knn(learned[tr], learned[te], 1)
+    out["joint Gaussian spectral + blocks 0+2"] = maha(np.concatenate([spec, learned], 1), 0.05)
     return out
 
 
