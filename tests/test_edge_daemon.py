@@ -238,6 +238,7 @@ def test_source_thread_crash_ends_the_daemon_with_an_error(tmp_path, brokers, su
     wait_for(lambda: sub.on("/status") and sub.on("/status")[-1].payload == b"offline", what="status offline")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread dies on purpose
 def test_a_dead_mqtt_thread_ends_the_daemon_with_an_error(tmp_path, brokers, run_daemon, tiny_bundle,
                                                           caplog) -> None:
     # A keepalive beyond MQTT's 16 bits killed paho's network thread at connect; the daemon then ran
