@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
 from aiot_w2v2.anomaly.clips import clip_windows
-from aiot_w2v2.anomaly.embedder import conv_block_step, time_stats
+from aiot_w2v2.anomaly.embedder import Rhythm, conv_block_step, time_stats
 from aiot_w2v2.anomaly.fit import resolve_checkpoint
 from aiot_w2v2.anomaly.metrics import auc_pauc
 from aiot_w2v2.anomaly.scoring_model import ScoringConfig, make_frontend
@@ -112,14 +112,10 @@ def knn(train: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
 
 
 def rhythm(frames: np.ndarray, lags: tuple[int, ...] = (1, 2, 4, 8, 16, 32), groups: int = 4) -> np.ndarray:
-    """(W, T, C) frames -> (W, groups * len(lags)): each channel's normalised autocorrelation over time at
-    `lags` frames, averaged within `groups` groups of channels."""
-    x = frames.astype(np.float64)
-    x = x - x.mean(1, keepdims=True)
-    var = (x * x).mean(1) + 1e-8
-    W = x.shape[0]
-    return np.concatenate([((x[:, lag:] * x[:, :-lag]).mean(1) / var).reshape(W, groups, -1).mean(2)
-                           for lag in lags], 1)
+    """(W, T, C) stored frames -> (W, groups * len(lags)): the `learned` scorer's `Rhythm` of them (the frames
+    are already the block's output averaged in `--frame-ms`, so no further pooling)."""
+    x = torch.from_numpy(frames.astype(np.float32))
+    return Rhythm(block=0, pool=1, lags=lags, groups=groups)(x, time_major=True).numpy()
 
 
 def frame_gauss(frames: np.ndarray, tr: np.ndarray, te: np.ndarray, top: float = 0.1) -> np.ndarray:

@@ -201,7 +201,7 @@ def test_conv_part_trains_a_copy_of_the_conv_blocks_and_resumes_exactly(
     with pytest.raises(CheckpointError, match=r"part 'conv' \(conv layers \[0, 2\], .*'conv' \(conv layers \[1\], "):
         finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "b", conv_layers=(1,), progress=False,
                           resume=True)
-    rhythm = Rhythm.of(w2v.feature_extractor.blocks, 2, 10.0, (10.0, 20.0), 2)  # nor one with another rhythm
+    rhythm = Rhythm.of(w2v.feature_extractor, 2, 10.0, (10.0, 20.0), 2)  # nor one with another rhythm
     with pytest.raises(CheckpointError, match=r"rhythm None\).*rhythm \{'block': 2, 'pool': 8, 'lags': \[1, 2\]"):
         finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "b", conv_layers=(0, 2), rhythm=rhythm,
                           progress=False, resume=True)

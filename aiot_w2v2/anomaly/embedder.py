@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.feature_encoder import FeatureEncoder, receptive_field
 from ..model.wav2vec2 import Wav2Vec2Model
 
 
@@ -64,18 +65,17 @@ class Rhythm:
     groups: int
 
     @staticmethod
-    def of(blocks: nn.ModuleList, block: int, frame_ms: float, lags_ms: tuple[float, ...], groups: int,
+    def of(encoder: FeatureEncoder, block: int, frame_ms: float, lags_ms: tuple[float, ...], groups: int,
            sample_rate: int = 16000) -> Rhythm:
-        """Frames of `frame_ms`, lags in ms; checks them against the conv stack `blocks`."""
+        """Frames of `frame_ms`, lags in ms; checks them against the conv stack of `encoder`."""
+        blocks = encoder.blocks
         if not 0 <= block < len(blocks):
             raise ValueError(f"learned_rhythm_layer conv{block} out of range conv0..conv{len(blocks) - 1}")
         channels = blocks[block].conv.out_channels
         if frame_ms <= 0 or not lags_ms or min(lags_ms) <= 0 or groups < 1 or channels % groups:
             raise ValueError(f"learned rhythm: frame_ms and every lag must be > 0 and groups must divide the "
                              f"{channels} channels of conv{block} (got {frame_ms}, {list(lags_ms)}, {groups})")
-        stride = 1
-        for b in blocks[: block + 1]:
-            stride *= b.stride
+        _, stride = receptive_field(encoder.conv_layers[: block + 1])
         pool = max(1, round(frame_ms / 1000 * sample_rate / stride))
         lags = tuple(sorted({max(1, round(lag / frame_ms)) for lag in lags_ms}))
         return Rhythm(block, pool, lags, groups)

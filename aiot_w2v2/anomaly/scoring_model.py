@@ -178,7 +178,7 @@ class ScoringConfig:
         if not self.learned_rhythm_layer or "learned" not in self.scorers or (
                 self.finetuned() and self.finetune.part == "transformer"):
             return None
-        return Rhythm.of(w2v.feature_extractor.blocks, int(self.learned_rhythm_layer[4:]),
+        return Rhythm.of(w2v.feature_extractor, int(self.learned_rhythm_layer[4:]),
                          self.learned_rhythm_frame_ms, tuple(self.learned_rhythm_lags_ms), self.learned_rhythm_groups)
 
     def learned_conv_layers(self) -> tuple[int, ...]:
