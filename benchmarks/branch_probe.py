@@ -12,8 +12,16 @@ training windows only, scores the test clips (a clip's score is the mean over it
         --suite-dir runs/suites/dev --out runs/probe/dev.npz
     python benchmarks/branch_probe.py score runs/probe/dev.npz
 
-`spectral` and `learned` (the defaults: pooled blocks 0 + 2 and the rhythm of block 2) reproduce
-`evaluate`'s columns of the same model. Fusion rules z-score
+`extract-extra` adds, next to an `extract` output, session 12's statistics (skewness, log kurtosis, top
+1 % mean, log std, log std of the difference over time of every channel of conv blocks 0-3, and block 0 in
+5 ms frames), which `score` then reads too:
+
+    python benchmarks/branch_probe.py extract-extra --model runs/pretrain_s9/ckpt_7000 \
+        --suite-dir runs/suites/dev runs/probe/dev.npz
+
+`spectral` and `learned` (the session-11 default: pooled blocks 0 + 2 and the rhythm of block 2) reproduce
+`evaluate`'s columns of the same model; the session-12 default (+ the rhythm of block 0 in 5 ms frames and
+the log kurtosis of block 0) is the rule "learned + rhythm of block 0 + log kurtosis of block 0". Fusion rules z-score
 each branch on cross-fitted (4 folds of training clips) normal scores, as `fit` calibrates the ensemble;
 `oracle` picks per section the branch with the higher test AUC: it reads the labels, so it is not a
 scorer but the ceiling of any rule that chooses one branch per section. Rules are chosen on the dev
@@ -86,6 +94,46 @@ def extract(model: str, suite_dir: Path, out: Path, frame_ms: float) -> None:
     print(f"{out}: {len(meta)} clips, {len(owner)} windows, {time.time() - t0:.0f} s", file=sys.stderr)
 
 
+EXTRA_BLOCKS = 4  # conv blocks 0-3 (the early blocks carry `learned`)
+
+
+def extract_extra(model: str, suite_dir: Path, out: Path) -> None:
+    """Session 12's extra pooled statistics, per window in the same order as `extract`: per channel of conv
+    blocks 0-3 the skewness, log kurtosis, mean of the top 1 % of frames, log std and log std of the first
+    difference over time (`hos`: W x 5 x 4 x C), and block 0 averaged in 5 ms frames (`f5`)."""
+    cfg = ScoringConfig(scorers=("mahalanobis",), ensemble=()).validate()
+    pre = load_pretrained(resolve_checkpoint(model)).eval()
+    frontend = make_frontend(pre, cfg).eval()
+    blocks = pre.wav2vec2.feature_extractor.blocks
+    time_major = blocks[0].time_major
+    meta = pd.read_csv(suite_dir / "metadata.csv")
+    win, hop = int(cfg.window_seconds * 16000), int(cfg.hop_seconds * 16000)
+    hos, f5 = [], []
+    for k, path in enumerate(meta["path"]):
+        w = torch.from_numpy(clip_windows(suite_dir / path, win, hop, frontend.min_samples))
+        with torch.no_grad():
+            x = w[:, :, None] if time_major else w[:, None, :]
+            stats = []
+            for i in range(EXTRA_BLOCKS):
+                x, _ = conv_block_step(blocks[i], x, time_major)
+                o = x if time_major else x.transpose(1, 2)  # (B, T, C)
+                sd = o.std(1, keepdim=True) + 1e-6
+                z = (o - o.mean(1, keepdim=True)) / sd
+                stats.append(torch.stack([(z**3).mean(1), torch.log((z**4).mean(1)),
+                                          torch.topk(o, max(1, o.shape[1] // 100), dim=1).values.mean(1),
+                                          torch.log(sd[:, 0]), torch.log((o[:, 1:] - o[:, :-1]).std(1) + 1e-6)], 1))
+                if i == 0:
+                    f5.append(F.avg_pool1d(o.transpose(1, 2), 16, 16).transpose(1, 2).numpy().astype(np.float16))
+            hos.append(torch.stack(stats, 2).numpy())  # (B, 5, blocks, C)
+        if k % 200 == 0:
+            print(f"{k}/{len(meta)} clips", file=sys.stderr)
+    np.savez(out, hos=np.concatenate(hos), f5=np.concatenate(f5))
+
+
+def extra_path(npz: Path) -> Path:
+    return npz.with_name(npz.stem + "_extra.npz")
+
+
 # ---------------------------------------------------------------------------------------------------
 # scoring
 
@@ -129,6 +177,51 @@ def frame_gauss(frames: np.ndarray, tr: np.ndarray, te: np.ndarray, top: float =
 Rule = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (train windows, test windows) -> test window scores
 
 
+def domain_mahalanobis(x: np.ndarray, dom: np.ndarray, shrinkage: float | None, standardise: bool, nearest: bool
+                       ) -> Rule:
+    """DCASE 2021+ domains: the source Gaussian, and the target domain's few training windows, scored by
+    the smaller distance. `nearest` False: one within-domain covariance, min over the two domain means;
+    True: the source Gaussian vs the nearest target training window in its whitened space."""
+    def rule(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        a, b = x[tr].astype(np.float64), x[te].astype(np.float64)
+        if standardise:
+            mu, sd = a.mean(0), a.std(0) + 1e-6
+            a, b = (a - mu) / sd, (b - mu) / sd
+        src, tgt = a[dom[tr] == "source"], a[dom[tr] == "target"]
+        centred = [src - src.mean(0)] + ([] if nearest or not len(tgt) else [tgt - tgt.mean(0)])
+        est = LedoitWolf(assume_centered=True) if shrinkage is None else \
+            ShrunkCovariance(shrinkage=shrinkage, assume_centered=True)
+        P = est.fit(np.concatenate(centred)).precision_
+        d_src = np.einsum("nd,dk,nk->n", b - src.mean(0), P, b - src.mean(0))
+        if not len(tgt):
+            return np.sqrt(np.maximum(d_src, 0.0))
+        if nearest:
+            L = np.linalg.cholesky(P + 1e-9 * np.eye(len(P)))
+            bw, tw = b @ L, tgt @ L
+            d_tgt = ((bw**2).sum(1)[:, None] - 2 * bw @ tw.T + (tw**2).sum(1)[None]).min(1)
+        else:
+            d_tgt = np.einsum("nd,dk,nk->n", b - tgt.mean(0), P, b - tgt.mean(0))
+        return np.sqrt(np.maximum(np.minimum(d_src, d_tgt), 0.0))
+    return rule
+
+
+def extra_rules(d: dict[str, np.ndarray], learned: np.ndarray, maha: Callable[..., Rule]) -> dict[str, Rule]:
+    """Session 12: higher-order pooled statistics and a fine rhythm of the early blocks (`extract-extra`)."""
+    W = len(learned)
+    hos, out = d["hos"], {}
+    for j, name in enumerate(("skewness", "log kurtosis", "top 1 % mean", "log std", "log std of the difference")):
+        out[f"learned + {name} of blocks 0+2"] = maha(np.concatenate([learned, hos[:, j, [0, 2]].reshape(W, -1)], 1))
+        out[f"{name} of blocks 0-3 alone"] = maha(hos[:, j].reshape(W, -1))
+    fine = rhythm(d["f5"], lags=(1, 2, 3, 4, 6, 8, 12, 16))  # 5 ms frames: lags 5-80 ms
+    kurt0 = hos[:, 1, 0]
+    out["learned + log kurtosis of block 0"] = maha(np.concatenate([learned, kurt0], 1))
+    out["learned + rhythm of block 0 (5 ms frames, lags 5-80 ms)"] = maha(np.concatenate([learned, fine], 1))
+    out["learned + rhythm of block 0 (lags 5-80 ms, powers of 2)"] = maha(
+        np.concatenate([learned, rhythm(d["f5"], lags=(1, 2, 4, 8, 16))], 1))
+    out["learned + rhythm of block 0 + log kurtosis of block 0"] = maha(np.concatenate([learned, fine, kurt0], 1))
+    return out
+
+
 def rules(d: dict[str, np.ndarray]) -> dict[str, Rule]:
     spec, pooled, hidden = d["spectral"], d["pooled"], d["hidden"]
     W = len(spec)
@@ -148,6 +241,12 @@ def rules(d: dict[str, np.ndarray]) -> dict[str, Rule]:
     out["frame Gaussian block 2 (top 10%)"] = lambda tr, te: frame_gauss(d["frames2"].astype(np.float32), tr, te)
     out["blocks 0+2 kNN (k=1)"] = lambda tr, te: knn(learned[tr], learned[te], 1)
     out["joint Gaussian spectral + blocks 0+2"] = maha(np.concatenate([spec, learned], 1), 0.05)
+    now = np.concatenate([learned, rhythm(d["frames2"])], 1)  # the `learned` default (session 11)
+    for name, x, sh, st in (("spectral", spec, 1e-3, False), ("learned", now, None, True)):
+        out[f"{name}, min over the domain means"] = domain_mahalanobis(x, d["domain"], sh, st, False)
+        out[f"{name}, source Gaussian or nearest target window"] = domain_mahalanobis(x, d["domain"], sh, st, True)
+    if "hos" in d:
+        out |= extra_rules(d, now, maha)
     return out
 
 
@@ -180,6 +279,10 @@ def score(path: Path, verbose: bool, only: list[str] | None) -> pd.DataFrame:
     z = np.load(path)
     d = {k: z[k] for k in z.files if k != "meta"}
     meta = pd.read_csv(io.StringIO(str(z["meta"])))
+    domains = meta["domain"].astype(str).values if "domain" in meta else np.full(len(meta), "source")
+    d["domain"] = domains[d["owner"]]
+    if extra_path(path).exists():
+        d |= dict(np.load(extra_path(path)))
     rows, kept = [], {}
     for name, rule in rules(d).items():
         if only and name not in only and name not in ("spectral", "learned"):
@@ -211,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--suite-dir", required=True, type=Path, help="a generalisation suite (metadata.csv + clips)")
     e.add_argument("--out", required=True, type=Path, help="the .npz to write")
     e.add_argument("--frame-ms", type=float, default=20.0, help="frame length of the stored block outputs")
+    x = sub.add_parser("extract-extra", help="session 12's extra statistics of conv blocks 0-3, beside NPZ")
+    x.add_argument("--model", required=True, help="the model NPZ was extracted with")
+    x.add_argument("--suite-dir", required=True, type=Path, help="the suite NPZ was extracted from")
+    x.add_argument("npz", type=Path, help="an `extract` output; writes NPZ_extra.npz next to it")
     s = sub.add_parser("score", help="score every rule on an extracted suite")
     s.add_argument("npz", type=Path)
     s.add_argument("-v", "--verbose", action="store_true", help="also print each section's AUC")
@@ -218,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "extract":
         extract(args.model, args.suite_dir, args.out, args.frame_ms)
+    elif args.cmd == "extract-extra":
+        extract_extra(args.model, args.suite_dir, extra_path(args.npz))
     else:
         with pd.option_context("display.max_colwidth", 80, "display.width", 200):
             print(score(args.npz, args.verbose, args.rule).to_string(index=False, float_format="%.3f"))
