@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from aiot_w2v2.anomaly.embedder import AnomalyEmbedder, ConvEmbedder, Rhythm
+from aiot_w2v2.anomaly.embedder import AnomalyEmbedder, ConvEmbedder, LearnedExtras, Rhythm
 from aiot_w2v2.anomaly.finetune import AnomalyFinetuneConfig, finetune_embedder
 from aiot_w2v2.anomaly.margin import AngularMarginHead, arcface_cosine
 from aiot_w2v2.anomaly.pseudo import make_batch
@@ -201,12 +202,27 @@ def test_conv_part_trains_a_copy_of_the_conv_blocks_and_resumes_exactly(
     with pytest.raises(CheckpointError, match=r"part 'conv' \(conv layers \[0, 2\], .*'conv' \(conv layers \[1\], "):
         finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "b", conv_layers=(1,), progress=False,
                           resume=True)
-    rhythm = Rhythm.of(w2v.feature_extractor, 2, 10.0, (10.0, 20.0), 2)  # nor one with another rhythm
-    with pytest.raises(CheckpointError, match=r"rhythm None\).*rhythm \{'block': 2, 'pool': 8, 'lags': \[1, 2\]"):
-        finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "b", conv_layers=(0, 2), rhythm=rhythm,
+    extras = LearnedExtras((Rhythm.of(w2v.feature_extractor, 2, 10.0, (10.0, 20.0), 2),), (0,))  # nor other extras
+    with pytest.raises(CheckpointError, match=r"extras None\).*extras \{'rhythms': \[\{'block': 2, 'pool': 8, "
+                                              r"'lags': \[1, 2\], 'groups': 2\}\], 'kurtosis': \[0\]"):
+        finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "b", conv_layers=(0, 2), extras=extras,
                           progress=False, resume=True)
     with pytest.raises(CheckpointError, match="part 'conv'.*'transformer'"):
         finetune_embedder(model, pcfg, paths, keys, keys, FAST, tmp_path / "b", progress=False, resume=True)
+    # a state written before the extras existed (session 11: one `rhythm`) resumes with that rhythm alone
+    one = LearnedExtras((extras.rhythms[0],))
+    finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "c", conv_layers=(0, 2), extras=one,
+                      progress=False, stop_after=3)
+    meta_file = tmp_path / "c" / "finetune" / "checkpoint_last" / "finetune.json"
+    meta = json.loads(meta_file.read_text())
+    meta["rhythm"] = meta.pop("extras")["rhythms"][0]
+    meta_file.write_text(json.dumps(meta))
+    _, legacy = finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "c", conv_layers=(0, 2),
+                                  extras=one, progress=False, resume=True, stop_after=2)
+    assert legacy.start_step == 3 and legacy.steps == 5
+    with pytest.raises(CheckpointError, match="extras"):  # but not with the kurtosis added
+        finetune_embedder(model, pcfg, paths, keys, keys, cfg, tmp_path / "c", conv_layers=(0, 2), extras=extras,
+                          progress=False, resume=True)
 
 
 def test_conv_part_settings_are_checked(clips: tuple[list[str], list[str]], tmp_path: Path) -> None:

@@ -357,7 +357,7 @@ def test_evaluate_reports_the_learned_and_the_spectral_branch(fitted: Path, data
 def test_finetuning_off_reads_pooled_pretrained_layers(run: Path, data: Path, tmp_path: Path) -> None:
     cfg = replace(CFG, scorers=("learned", "spectral"), ensemble=("learned", "spectral"), decision_scorer="ensemble",
                   finetune=replace(CFG.finetune, steps=0), learned_layers=("conv0", "transformer2"),
-                  learned_rhythm_layer="")  # the rhythm has its own test
+                  learned_rhythm_layer="", learned_fine_rhythm_layer="", learned_kurtosis_layers=())  # own tests
     fit_scoring(run, data, tmp_path / "m", cfg, progress=False)
     model = load_scoring_model(tmp_path / "m")
     assert model.embedder is None and not (tmp_path / "m" / "finetune").exists()
@@ -405,7 +405,7 @@ def test_learned_rhythm_is_the_autocorrelation_of_a_blocks_output(run: Path, dat
     cfg = replace(CFG, scorers=("learned", "spectral"), ensemble=("learned", "spectral"), decision_scorer="spectral",
                   finetune=replace(CFG.finetune, steps=0), learned_layers=("conv0", "conv2"),
                   learned_rhythm_layer="conv2", learned_rhythm_frame_ms=10.0, learned_rhythm_lags_ms=(10.0, 30.0),
-                  learned_rhythm_groups=2)
+                  learned_rhythm_groups=2, learned_fine_rhythm_layer="", learned_kurtosis_layers=())
     fit_scoring(run, data, tmp_path / "m", cfg, progress=False)
     model = load_scoring_model(tmp_path / "m")
     blocks = model.frontend.model.wav2vec2.feature_extractor.blocks
@@ -426,7 +426,7 @@ def test_learned_rhythm_is_the_autocorrelation_of_a_blocks_output(run: Path, dat
     cfg = replace(cfg, finetune=replace(CFG.finetune, part="conv"))
     fit_scoring(run, data, tmp_path / "ft", cfg, progress=False)
     tuned = load_scoring_model(tmp_path / "ft")
-    assert tuned.embedder.rhythm == model.frontend.learned_rhythm
+    assert tuned.embedder.extras == model.frontend.learned_extras
     with torch.inference_mode():
         assert tuned.frontend(x).learned.shape == learned.shape
     with pytest.raises(ConfigError, match="learned_rhythm_layer: 'mel2'"):
@@ -437,6 +437,60 @@ def test_learned_rhythm_is_the_autocorrelation_of_a_blocks_output(run: Path, dat
         fit_scoring(run, data, tmp_path / "bad", replace(cfg, learned_rhythm_groups=7), progress=False)
     with pytest.raises(ValueError, match="out of range"):
         fit_scoring(run, data, tmp_path / "bad", replace(cfg, learned_rhythm_layer="conv9"), progress=False)
+
+
+def test_learned_fine_rhythm_and_kurtosis_follow_the_rhythm(run: Path, data: Path, tmp_path: Path) -> None:
+    """The session-12 extras: a second rhythm (block 0, 5 ms frames) and the log kurtosis over time of each
+    channel of blocks 0 and 1, appended in that order after the pooled blocks and the rhythm."""
+    cfg = replace(CFG, scorers=("learned", "spectral"), ensemble=("learned", "spectral"), decision_scorer="spectral",
+                  finetune=replace(CFG.finetune, steps=0), learned_layers=("conv2",), learned_rhythm_layer="conv2",
+                  learned_rhythm_frame_ms=20.0, learned_rhythm_lags_ms=(20.0, 40.0), learned_rhythm_groups=2,
+                  learned_fine_rhythm_layer="conv0", learned_fine_rhythm_frame_ms=5.0,
+                  learned_fine_rhythm_lags_ms=(5.0, 10.0, 20.0), learned_kurtosis_layers=("conv0", "conv1"))
+    fit_scoring(run, data, tmp_path / "m", cfg, progress=False)
+    model = load_scoring_model(tmp_path / "m")
+    blocks = model.frontend.model.wav2vec2.feature_extractor.blocks
+    x = torch.from_numpy(clip_windows(next((data / "fan" / "test").glob("*.wav")), 16000, 8000, 0))
+
+    def log_kurtosis(out: np.ndarray) -> np.ndarray:  # (B, T, C) -> (B, C)
+        z = (out - out.mean(1, keepdims=True)) / (out.std(1, ddof=1, keepdims=True) + 1e-6)
+        return np.log((z**4).mean(1))
+
+    with torch.inference_mode():
+        out, outs = x[:, :, None], []
+        for block in blocks[:3]:
+            out, _ = block(out, None)
+            outs.append(out.double().numpy())
+        learned = model.frontend(x).learned.double().numpy()
+    s2 = blocks[0].stride * blocks[1].stride * blocks[2].stride
+    want = np.concatenate([outs[2].mean(1), outs[2].std(1, ddof=1),
+                           _rhythm_reference(outs[2], round(320 / s2), (1, 2), 2),
+                           _rhythm_reference(outs[0], round(80 / blocks[0].stride), (1, 2, 4), 2),
+                           log_kurtosis(outs[0]), log_kurtosis(outs[1])], 1)
+    assert learned.shape == want.shape
+    np.testing.assert_allclose(learned, want, rtol=1e-3, atol=1e-4)
+    # a click train makes block 0's channels more impulsive: their log kurtosis grows
+    c0, c1 = blocks[0].conv.out_channels, blocks[1].conv.out_channels
+    clicks = torch.zeros_like(x)
+    clicks[:, ::800] = float(x.abs().max()) * 4
+    with torch.inference_mode():
+        with_clicks = model.frontend(x + clicks).learned[:, -(c0 + c1):-c1]
+    assert with_clicks.mean() > learned[:, -(c0 + c1):-c1].mean() + 0.5
+    # a fine-tuned copy of the blocks appends the same extras
+    tuned_cfg = replace(cfg, learned_layers=("conv0", "conv2"), finetune=replace(CFG.finetune, part="conv"))
+    fit_scoring(run, data, tmp_path / "ft", tuned_cfg, progress=False)
+    tuned = load_scoring_model(tmp_path / "ft")
+    assert tuned.embedder.extras == model.frontend.learned_extras
+    with pytest.raises(ConfigError, match="learned_fine_rhythm_layer: 'mel0'"):
+        replace(cfg, learned_fine_rhythm_layer="mel0").validate()
+    with pytest.raises(ConfigError, match="learned_fine_rhythm_frame_ms"):
+        replace(cfg, learned_fine_rhythm_frame_ms=0.0).validate()
+    with pytest.raises(ConfigError, match="learned_kurtosis_layers: 'transformer1'"):
+        replace(cfg, learned_kurtosis_layers=("transformer1",)).validate()
+    with pytest.raises(ValueError, match="learned_kurtosis_layers: conv9 out of range"):
+        fit_scoring(run, data, tmp_path / "bad", replace(cfg, learned_kurtosis_layers=("conv9",)), progress=False)
+    with pytest.raises(ValueError, match="learned_fine_rhythm_layer conv9 out of range"):
+        fit_scoring(run, data, tmp_path / "bad", replace(cfg, learned_fine_rhythm_layer="conv9"), progress=False)
 
 
 def test_conv_finetuning_feeds_the_learned_scorer(run: Path, data: Path, tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ Two kinds, `finetune.part`:
 
 `ConvEmbedder` (part `conv`): a copy of the pretrained conv blocks 0..max(`learned_layers`) that runs on
 the audio itself and returns what the `learned` scorer reads without fine-tuning: the mean and std over
-time of the chosen blocks' outputs (after norm and GELU), concatenated [, then the `Rhythm` of one
-block's output] (`pooled`). For training, a
+time of the chosen blocks' outputs (after norm and GELU), concatenated [, then the `LearnedExtras`: the
+`Rhythm`s of blocks' outputs and their log kurtosis over time] (`pooled`). For training, a
 non-affine layer norm and a linear projection map that to the angular-margin head's input (`forward`).
 The pretrained feature encoder itself stays frozen beside it (the `spectral` branch and the codes read it).
 
@@ -23,7 +23,7 @@ module either way. It knows nothing about classes, heads or data.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -66,14 +66,15 @@ class Rhythm:
 
     @staticmethod
     def of(encoder: FeatureEncoder, block: int, frame_ms: float, lags_ms: tuple[float, ...], groups: int,
-           sample_rate: int = 16000) -> Rhythm:
-        """Frames of `frame_ms`, lags in ms; checks them against the conv stack of `encoder`."""
+           sample_rate: int = 16000, setting: str = "learned_rhythm") -> Rhythm:
+        """Frames of `frame_ms`, lags in ms; checks them against the conv stack of `encoder` (errors name the
+        `setting`)."""
         blocks = encoder.blocks
         if not 0 <= block < len(blocks):
-            raise ValueError(f"learned_rhythm_layer conv{block} out of range conv0..conv{len(blocks) - 1}")
+            raise ValueError(f"{setting}_layer conv{block} out of range conv0..conv{len(blocks) - 1}")
         channels = blocks[block].conv.out_channels
         if frame_ms <= 0 or not lags_ms or min(lags_ms) <= 0 or groups < 1 or channels % groups:
-            raise ValueError(f"learned rhythm: frame_ms and every lag must be > 0 and groups must divide the "
+            raise ValueError(f"{setting}: frame_ms and every lag must be > 0 and groups must divide the "
                              f"{channels} channels of conv{block} (got {frame_ms}, {list(lags_ms)}, {groups})")
         _, stride = receptive_field(encoder.conv_layers[: block + 1])
         pool = max(1, round(frame_ms / 1000 * sample_rate / stride))
@@ -93,6 +94,40 @@ class Rhythm:
         ac = torch.stack([(frames[:, :, :-lag] * frames[:, :, lag:]).sum(2) / power for lag in self.lags], 1)
         B, L, C = ac.shape
         return ac.reshape(B, L, self.groups, C // self.groups).mean(3).flatten(1)
+
+
+def log_kurtosis(x: Tensor, time_major: bool) -> Tensor:
+    """A block's output -> (B, C_i): the log of each channel's kurtosis over time (how impulsive it is)."""
+    out = x if time_major else x.transpose(1, 2)  # (B, T_i, C_i)
+    z = (out - out.mean(1, keepdim=True)) / (out.std(1, keepdim=True) + 1e-6)
+    return torch.log(z.pow(4).mean(1))
+
+
+@dataclass(frozen=True)
+class LearnedExtras:
+    """What the `learned` embedding appends to the pooled means and stds, in this order: each `Rhythm` of
+    `rhythms`, then the `log_kurtosis` of each block of `kurtosis`. Pooling of the network's output only
+    (no filter bank of ours), like the mean and std."""
+
+    rhythms: tuple[Rhythm, ...] = ()
+    kurtosis: tuple[int, ...] = ()
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """The conv blocks whose output the extras read."""
+        return tuple(sorted({r.block for r in self.rhythms} | set(self.kurtosis)))
+
+    def dim(self, encoder: FeatureEncoder) -> int:
+        return sum(r.dim for r in self.rhythms) + sum(encoder.blocks[i].conv.out_channels for i in self.kurtosis)
+
+    def __call__(self, outputs: dict[int, Tensor], time_major: bool) -> list[Tensor]:
+        """{block: its output} (at least `blocks`) -> the parts, in order."""
+        return ([r(outputs[r.block], time_major) for r in self.rhythms]
+                + [log_kurtosis(outputs[i], time_major) for i in self.kurtosis])
+
+    def describe(self) -> dict:
+        """JSON-able (fine-tuning states record it, so that a resume with other extras is refused)."""
+        return {"rhythms": [asdict(r) | {"lags": list(r.lags)} for r in self.rhythms], "kurtosis": list(self.kurtosis)}
 
 
 ADAPTED = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # the linears of each Transformer block
@@ -176,15 +211,16 @@ class ConvEmbedder(nn.Module):
     (B, embedding_dim) (`forward`, what the head trains on)."""
 
     def __init__(self, w2v: Wav2Vec2Model, layers: tuple[int, ...], embedding_dim: int,
-                 generator: torch.Generator | None = None, rhythm: Rhythm | None = None) -> None:
+                 generator: torch.Generator | None = None, extras: LearnedExtras | None = None) -> None:
         super().__init__()
         blocks = w2v.feature_extractor.blocks
         if not layers or min(layers) < 0 or max(layers) >= len(blocks):
             raise ValueError(f"conv layers {list(layers)} out of range 0..{len(blocks) - 1}")
         self.layers = tuple(sorted(set(layers)))
-        self.rhythm = rhythm
-        self.blocks = copy.deepcopy(blocks[: max(self.layers + ((rhythm.block,) if rhythm else ())) + 1])
-        dim = 2 * sum(self.blocks[i].conv.out_channels for i in self.layers) + (rhythm.dim if rhythm else 0)
+        self.extras = extras
+        self.blocks = copy.deepcopy(blocks[: max(self.layers + (extras.blocks if extras else ())) + 1])
+        dim = 2 * sum(self.blocks[i].conv.out_channels for i in self.layers)
+        dim += extras.dim(w2v.feature_extractor) if extras else 0
         self.norm = nn.LayerNorm(dim, elementwise_affine=False)  # the blocks' statistics differ in scale
         self.projection = nn.Linear(dim, embedding_dim)
         with torch.no_grad():
@@ -193,17 +229,18 @@ class ConvEmbedder(nn.Module):
 
     def pooled(self, audio: Tensor) -> Tensor:
         """(B, S) -> (B, L): mean and std over time of each chosen block's output, in block order [, then the
-        rhythm]."""
+        extras]."""
         time_major = self.blocks[0].time_major
         x = audio[:, :, None] if time_major else audio[:, None, :]
-        parts, rhythm = [], []
+        parts, outputs = [], {}
+        wanted = self.extras.blocks if self.extras else ()
         for i, block in enumerate(self.blocks):  # as ScoringFrontend's conv stack
             x, _ = conv_block_step(block, x, time_major)
             if i in self.layers:
                 parts.append(time_stats(x, time_major))
-            if self.rhythm is not None and i == self.rhythm.block:
-                rhythm.append(self.rhythm(x, time_major))
-        return torch.cat(parts + rhythm, 1)
+            if i in wanted:
+                outputs[i] = x
+        return torch.cat(parts + (self.extras(outputs, time_major) if self.extras else []), 1)
 
     def forward(self, audio: Tensor) -> Tensor:
         return self.projection(self.norm(self.pooled(audio)))

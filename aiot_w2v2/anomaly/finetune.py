@@ -40,7 +40,7 @@ from ..checkpoint import CheckpointError
 from ..config import ConfigError, PretrainConfig, to_dict
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
 from ..train import state as train_state
-from .embedder import AnomalyEmbedder, ConvEmbedder, Embedder, Rhythm, conv_features
+from .embedder import AnomalyEmbedder, ConvEmbedder, Embedder, LearnedExtras, conv_features
 from .margin import AngularMarginHead
 from .pseudo import make_batch, num_pseudo_classes
 
@@ -163,11 +163,11 @@ def _lr(step: int, cfg: AnomalyFinetuneConfig) -> float:
 
 def finetune_embedder(pretrained: Wav2Vec2ForPreTraining, pcfg: PretrainConfig, paths: list[str],
                       class_keys: list[str], id_keys: list[str], cfg: AnomalyFinetuneConfig, out: str | Path, *,
-                      conv_layers: tuple[int, ...] = (), rhythm: Rhythm | None = None, resume: bool = False,
+                      conv_layers: tuple[int, ...] = (), extras: LearnedExtras | None = None, resume: bool = False,
                       progress: bool = True, stop_after: int | None = None,
                       sample_rate: int = 16000) -> tuple[Embedder, AnomalyFinetuneSummary]:
     """Fine-tune an `AnomalyEmbedder` (or, with `cfg.part` "conv", a `ConvEmbedder` of the conv blocks
-    `conv_layers` [and the `rhythm` of one of them]) on the normal clips `paths` (their metadata class
+    `conv_layers` [and their `extras`: rhythms, log kurtosis]) on the normal clips `paths` (their metadata class
     `class_keys`, their machine ID `id_keys`); the state goes to `out/finetune`. Returns the embedder
     (adapters merged, eval mode) and a summary. `stop_after` stops after that many updates of this call,
     like an interruption."""
@@ -201,7 +201,7 @@ def finetune_embedder(pretrained: Wav2Vec2ForPreTraining, pcfg: PretrainConfig, 
     torch.manual_seed(cfg.seed)  # dropout inside the Transformer draws on the global generator
     embedder: Embedder
     if cfg.part == "conv":
-        embedder = ConvEmbedder(w2v, conv_layers, cfg.embedding_dim, generator, rhythm)
+        embedder = ConvEmbedder(w2v, conv_layers, cfg.embedding_dim, generator, extras)
     else:
         embedder = AnomalyEmbedder(w2v, cfg.embedding_dim, generator)
         if cfg.adapter_rank:
@@ -218,7 +218,7 @@ def finetune_embedder(pretrained: Wav2Vec2ForPreTraining, pcfg: PretrainConfig, 
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     meta = dict(config=to_dict(cfg), model=to_dict(pcfg.model), classes=names, clips=len(paths),
                 conv_layers=list(conv_layers) if cfg.part == "conv" else [],
-                rhythm=asdict(rhythm) | {"lags": list(rhythm.lags)} if cfg.part == "conv" and rhythm else None)
+                extras=extras.describe() if cfg.part == "conv" and extras else None)
     step, history = 0, []
     if resume and (last / META).exists():
         step, history = _load(last, meta, embedder, head, optimizer, generator)
@@ -304,11 +304,14 @@ def _load(last: Path, meta: dict[str, Any], embedder: Embedder, head: AngularMar
     if diff:
         raise CheckpointError(f"{last}: fine-tuning was started from a pretrained model with another config; "
                               f"refusing to resume it with this one ({'; '.join(diff)})")
-    saved_part = (saved["config"].get("part", "transformer"), saved.get("conv_layers", []), saved.get("rhythm"))
-    if saved_part != (meta["config"]["part"], meta["conv_layers"], meta["rhythm"]):
+    extras = saved.get("extras")
+    if "extras" not in saved and saved.get("rhythm"):  # a state of session 11, before the extras: one rhythm
+        extras = {"rhythms": [saved["rhythm"]], "kurtosis": []}
+    saved_part = (saved["config"].get("part", "transformer"), saved.get("conv_layers", []), extras)
+    if saved_part != (meta["config"]["part"], meta["conv_layers"], meta["extras"]):
         raise CheckpointError(f"{last}: fine-tuning was started on part {saved_part[0]!r} (conv layers "
-                              f"{saved_part[1]}, rhythm {saved_part[2]}), this fit trains {meta['config']['part']!r} "
-                              f"(conv layers {meta['conv_layers']}, rhythm {meta['rhythm']}); fit without --resume "
+                              f"{saved_part[1]}, extras {saved_part[2]}), this fit trains {meta['config']['part']!r} "
+                              f"(conv layers {meta['conv_layers']}, extras {meta['extras']}); fit without --resume "
                               "to start afresh")
     if saved["classes"] != meta["classes"]:
         raise CheckpointError(f"{last}: fine-tuning was started on the classes {saved['classes']}, these clips "

@@ -164,7 +164,7 @@ def fit_scoring(run: str | Path, data_dirs: list[str | Path] | str | Path, out: 
         embedder, ft_summary = finetune_embedder(
             pretrained, pcfg, list(train["path"]), _class_keys(train, cfg),
             [entry_key(str(m), str(i)) for m, i in zip(train["machine"], train["machine_id"], strict=True)],
-            cfg.finetune, out, conv_layers=cfg.learned_conv_layers(), rhythm=cfg.learned_rhythm(pretrained.wav2vec2),
+            cfg.finetune, out, conv_layers=cfg.learned_conv_layers(), extras=cfg.learned_extras(pretrained.wav2vec2),
             resume=resume, progress=progress)
         finetuned = asdict(ft_summary)
         frontends = {key: make_frontend(m, cfg, embedder) for key, m in models.items()}

@@ -30,8 +30,9 @@
   fine-tuned `ConvEmbedder`'s pooled conv statistics of the audio; else the mean and standard deviation
   over time of the outputs of the pretrained layers `learned_layers` names (`conv<i>`: block i after its
   norm and GELU; `transformer<i>`: hidden state i), concatenated; `learned_layers` empty: the final
-  Transformer state; then, with `learned_rhythm`, the rhythm of one block's output (`embedder.Rhythm`:
-  the autocorrelation over time of its channels; a fine-tuned `ConvEmbedder` appends its own).
+  Transformer state; then, with `learned_extras` (`embedder.LearnedExtras`), the rhythms of blocks' outputs
+  (`embedder.Rhythm`: the autocorrelation over time of their channels) and the log kurtosis over time of
+  each channel of blocks (a fine-tuned `ConvEmbedder` appends its own).
   (B, 0) when no scorer reads it (`learned=False`).
 - `codes` (B, T, G): the quantizer's code per frame and group (argmax, as in evaluation).
 - `context` (B, T, F) and `targets` (B, T, F), unit length: the contrastive prediction of every
@@ -57,7 +58,7 @@ from torchaudio.functional import melscale_fbanks
 
 from ..model.feature_encoder import receptive_field
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining
-from .embedder import ConvEmbedder, Embedder, Rhythm, conv_block_step, time_stats
+from .embedder import ConvEmbedder, Embedder, LearnedExtras, conv_block_step, time_stats
 
 _EPS = 1e-10
 
@@ -95,7 +96,7 @@ class ScoringFrontend(nn.Module):
                  mel_hop_ms: float = 20.0, kurtosis_bands: int = 0, kurtosis_fft: int = 256,
                  kurtosis_hop_ms: float = 4.0, learned: bool = False,
                  embedder: Embedder | None = None, learned_layers: tuple[str, ...] = (),
-                 learned_rhythm: Rhythm | None = None) -> None:
+                 learned_extras: LearnedExtras | None = None) -> None:
         super().__init__()
         if model.quantizer is None:
             raise ValueError("the scorers need a model with its quantizer (a pretraining checkpoint)")
@@ -123,7 +124,7 @@ class ScoringFrontend(nn.Module):
         self.learned_conv = [i for kind, i in layers if kind == "conv"]
         self.learned_transformer = [i for kind, i in layers if kind == "transformer"]
         self.learned_order = layers  # concatenation order of the pooled statistics
-        self.learned_rhythm = learned_rhythm if self.learned and self.embedder is None else None
+        self.learned_extras = learned_extras if self.learned and self.embedder is None else None
         self.logit_temp = model.loss_config.logit_temp
         if energy_smoothing_ms <= 0:
             raise ValueError(f"energy_smoothing_ms must be > 0, got {energy_smoothing_ms}")
@@ -239,16 +240,15 @@ class ScoringFrontend(nn.Module):
             need.append(self.mel_fft + (2 * self.mel_pool - 1) * self.mel_hop)
         if self.kurtosis_bands:
             need.append(self.kurtosis_fft + self.kurtosis_hop)
-        if self.learned_rhythm is not None:  # two rhythm frames
-            r = self.learned_rhythm
+        for r in self.learned_extras.rhythms if self.learned_extras is not None else ():  # two rhythm frames
             field, stride = receptive_field(fe.conv_layers[: r.block + 1])
             need.append(field + (2 * r.pool - 1) * stride)
         return max(need)
 
-    def _conv_stack(self, audio: Tensor) -> tuple[Tensor, Tensor | None, dict[int, Tensor], Tensor | None]:
+    def _conv_stack(self, audio: Tensor) -> tuple[Tensor, Tensor | None, dict[int, Tensor], list[Tensor]]:
         """audio (B, S) -> final conv features (B, T, C), the chosen layer's pre-norm output (B, T_i, C_i),
         the mean and std over time of the output of each conv block the learned embedding reads, and its
-        rhythm (None without).
+        extras (rhythms, kurtosis; [] without).
 
         Without `codes` or `learned` it stops at the chosen layer (the features returned are that layer's output)."""
         fe = self.model.wav2vec2.feature_extractor
@@ -256,19 +256,21 @@ class ScoringFrontend(nn.Module):
         x = audio[:, :, None] if time_major else audio[:, None, :]
         tap = None
         pooled: dict[int, Tensor] = {}
-        rhythm = None
+        outputs: dict[int, Tensor] = {}  # block outputs the extras read
+        wanted = self.learned_extras.blocks if self.learned_extras is not None else ()
         for i, block in enumerate(fe.blocks):
             x, pre_tm = conv_block_step(block, x, time_major)
             if self.learned and self.embedder is None and i in self.learned_conv:
                 pooled[i] = time_stats(x, time_major)
-            if self.learned_rhythm is not None and i == self.learned_rhythm.block:
-                rhythm = self.learned_rhythm(x, time_major)
+            if i in wanted:
+                outputs[i] = x
             if self.kind == "conv" and i == self.layer:
                 tap = pre_tm
                 if not self.full_stack:
                     break
         feats = x if time_major else x.transpose(1, 2)  # (B, T, C)
-        return feats, tap, pooled, rhythm
+        extras = self.learned_extras(outputs, time_major) if self.learned_extras is not None else []
+        return feats, tap, pooled, extras
 
     def _energy_embedding(self, pre: Tensor) -> Tensor:
         """pre (B, T_i, C) -> (B, 2C [+ bands * lags]): mean log energy per channel, std over time of its
@@ -298,7 +300,7 @@ class ScoringFrontend(nn.Module):
 
     def forward(self, audio: Tensor) -> WindowFeatures:
         w2v = self.model.wav2vec2
-        feats, tap, pooled, rhythm = self._conv_stack(audio)
+        feats, tap, pooled, extras = self._conv_stack(audio)
         B = audio.shape[0]
         learned = audio.new_zeros(B, 0)
         if isinstance(self.embedder, ConvEmbedder):
@@ -310,7 +312,7 @@ class ScoringFrontend(nn.Module):
             q = self.model.quantizer
             dim = self.model.final_proj.out_features
             if self.learned and self.embedder is None:
-                learned = self._learned_states(feats, pooled, rhythm)
+                learned = self._learned_states(feats, pooled, extras)
             return WindowFeatures(embedding, torch.zeros(B, 0, q.num_groups, dtype=torch.long, device=audio.device),
                                   embedding.new_zeros(B, 0, dim), embedding.new_zeros(B, 0, dim),
                                   embedding.new_zeros(B, 0), learned)
@@ -319,7 +321,7 @@ class ScoringFrontend(nn.Module):
         projected = w2v.post_extract_proj(feats) if w2v.post_extract_proj is not None else feats  # (B, T, D)
         T = feats.shape[1]
         if self.learned and self.embedder is None:
-            learned = self._learned_states(conv_out, pooled, rhythm)
+            learned = self._learned_states(conv_out, pooled, extras)
 
         # Targets: hard codes (argmax) of every frame, as the quantizer in evaluation mode.
         q = self.model.quantizer
@@ -361,10 +363,10 @@ class ScoringFrontend(nn.Module):
 
         return WindowFeatures(embedding, codes, context, targets, self_loss, learned)
 
-    def _learned_states(self, conv_out: Tensor, pooled: dict[int, Tensor], rhythm: Tensor | None) -> Tensor:
-        """conv features (B, T, C), the pooled conv outputs and their rhythm -> (B, L): mean and std over time
+    def _learned_states(self, conv_out: Tensor, pooled: dict[int, Tensor], extras: list[Tensor]) -> Tensor:
+        """conv features (B, T, C), the pooled conv outputs and their extras -> (B, L): mean and std over time
         of each layer of `learned_layers`, in its order (Transformer states computed here, only as deep as
-        needed) [, then the rhythm]."""
+        needed) [, then the extras: rhythms, log kurtosis]."""
         states: list[Tensor] = []
         if self.learned_transformer:
             w2v = self.model.wav2vec2
@@ -373,5 +375,5 @@ class ScoringFrontend(nn.Module):
             states = w2v.encoder(x, None, num_layers=max(self.learned_transformer))
         parts = [pooled[i] if kind == "conv" else torch.cat([states[i].mean(1), states[i].std(1)], 1)
                  for kind, i in self.learned_order]
-        parts += [rhythm] if rhythm is not None else []
+        parts += extras
         return torch.cat(parts, 1) if len(parts) > 1 else parts[0]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, PretrainConfig, from_dict, load_yaml, merge, parse_overrides, to_dict
 from ..model.wav2vec2 import Wav2Vec2ForPreTraining, Wav2Vec2Model
-from .embedder import AnomalyEmbedder, ConvEmbedder, Embedder, Rhythm
+from .embedder import AnomalyEmbedder, ConvEmbedder, Embedder, LearnedExtras, Rhythm
 from .finetune import AnomalyFinetuneConfig
 from .frontend import ScoringFrontend, WindowFeatures
 from .scorers import EMBEDDING_SCORERS, ENSEMBLE, SCORERS, score_windows
@@ -111,6 +111,15 @@ class ScoringConfig:
     learned_rhythm_frame_ms: float = 20.0
     learned_rhythm_lags_ms: tuple[float, ...] = (20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
     learned_rhythm_groups: int = 4
+    # Also appended (session 12, "" / () = off): a fine rhythm, of conv block `learned_fine_rhythm_layer` in
+    # `learned_fine_rhythm_frame_ms` frames at `learned_fine_rhythm_lags_ms` (rotation-period scale; the same
+    # channel groups), and the log kurtosis over time of each channel of `learned_kurtosis_layers` (how
+    # impulsive it is: bearing, rub and tooth faults). Chosen on the dev suite (benchmarks/branch_probe.py):
+    # `learned` +0.018 mean AUC on two models (CPU 7000 / 16000 updates); benchmarks/RESULTS.md, "Generalisation".
+    learned_fine_rhythm_layer: str = "conv0"
+    learned_fine_rhythm_frame_ms: float = 5.0
+    learned_fine_rhythm_lags_ms: tuple[float, ...] = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 80.0)
+    learned_kurtosis_layers: tuple[str, ...] = ("conv0",)
     threshold_percentile: float = 0.9  # gamma fit (DCASE baseline)
     batch_windows: int = 32
     seed: int = 0
@@ -140,13 +149,17 @@ class ScoringConfig:
         for name in self.learned_layers:
             if not re.fullmatch(r"(conv|transformer)\d+", name):
                 raise ConfigError(f"learned_layers: {name!r} is not conv<i> or transformer<i>")
-        if self.learned_rhythm_layer and not re.fullmatch(r"conv\d+", self.learned_rhythm_layer):
-            raise ConfigError(f"learned_rhythm_layer: {self.learned_rhythm_layer!r} is not conv<i> or '' (off)")
-        if self.learned_rhythm_layer and (self.learned_rhythm_frame_ms <= 0 or not self.learned_rhythm_lags_ms
-                                          or min(self.learned_rhythm_lags_ms) <= 0 or self.learned_rhythm_groups < 1):
-            raise ConfigError("learned_rhythm_frame_ms and every lag in learned_rhythm_lags_ms must be > 0 and "
-                              f"learned_rhythm_groups >= 1 (got {self.learned_rhythm_frame_ms}, "
-                              f"{list(self.learned_rhythm_lags_ms)}, {self.learned_rhythm_groups})")
+        for prefix in ("learned_rhythm", "learned_fine_rhythm"):
+            layer, frame_ms, lags = (getattr(self, f"{prefix}_{k}") for k in ("layer", "frame_ms", "lags_ms"))
+            if layer and not re.fullmatch(r"conv\d+", layer):
+                raise ConfigError(f"{prefix}_layer: {layer!r} is not conv<i> or '' (off)")
+            if layer and (frame_ms <= 0 or not lags or min(lags) <= 0 or self.learned_rhythm_groups < 1):
+                raise ConfigError(f"{prefix}_frame_ms and every lag in {prefix}_lags_ms must be > 0 and "
+                                  f"learned_rhythm_groups >= 1 (got {frame_ms}, {list(lags)}, "
+                                  f"{self.learned_rhythm_groups})")
+        for name in self.learned_kurtosis_layers:
+            if not re.fullmatch(r"conv\d+", name):
+                raise ConfigError(f"learned_kurtosis_layers: {name!r} is not conv<i>")
         if self.envelope_bands < 0 or (self.envelope_bands and (self.envelope_frame_ms <= 0 or not self.envelope_lags_ms
                                                                 or min(self.envelope_lags_ms) <= 0)):
             raise ConfigError("envelope_bands must be >= 0; with bands, envelope_frame_ms and every lag in "
@@ -172,14 +185,25 @@ class ScoringConfig:
                               f"be conv<i>, got {list(self.learned_layers)}")
         return self
 
-    def learned_rhythm(self, w2v: Wav2Vec2Model) -> Rhythm | None:
-        """The rhythm appended to the `learned` embedding of `w2v` (None: off, no learned scorer, or a
-        Transformer fine-tuning, whose embedding is the Transformer's states alone)."""
-        if not self.learned_rhythm_layer or "learned" not in self.scorers or (
-                self.finetuned() and self.finetune.part == "transformer"):
+    def learned_extras(self, w2v: Wav2Vec2Model) -> LearnedExtras | None:
+        """What the `learned` embedding of `w2v` appends to its pooled statistics: the rhythms and the log
+        kurtosis (None: all off, no learned scorer, or a Transformer fine-tuning, whose embedding is the
+        Transformer's states alone). A block out of range or channel groups that do not divide its channels
+        raise ValueError."""
+        if "learned" not in self.scorers or (self.finetuned() and self.finetune.part == "transformer"):
             return None
-        return Rhythm.of(w2v.feature_extractor, int(self.learned_rhythm_layer[4:]),
-                         self.learned_rhythm_frame_ms, tuple(self.learned_rhythm_lags_ms), self.learned_rhythm_groups)
+        fe = w2v.feature_extractor
+        rhythms = tuple(Rhythm.of(fe, int(layer[4:]), frame_ms, tuple(lags), self.learned_rhythm_groups, setting=prefix)
+                        for prefix, layer, frame_ms, lags in (
+                            ("learned_rhythm", self.learned_rhythm_layer, self.learned_rhythm_frame_ms,
+                             self.learned_rhythm_lags_ms),
+                            ("learned_fine_rhythm", self.learned_fine_rhythm_layer, self.learned_fine_rhythm_frame_ms,
+                             self.learned_fine_rhythm_lags_ms)) if layer)
+        kurtosis = tuple(int(name[4:]) for name in self.learned_kurtosis_layers)
+        for i in kurtosis:
+            if i >= len(fe.blocks):
+                raise ValueError(f"learned_kurtosis_layers: conv{i} out of range conv0..conv{len(fe.blocks) - 1}")
+        return LearnedExtras(rhythms, kurtosis) if rhythms or kurtosis else None
 
     def learned_conv_layers(self) -> tuple[int, ...]:
         """The block indices of the conv<i> entries of `learned_layers`."""
@@ -213,7 +237,8 @@ LEGACY_DEFAULTS = {"envelope_bands": 0, "envelope_frame_ms": ScoringConfig.envel
                    "envelope_lags_ms": list(ScoringConfig.envelope_lags_ms), "mel_bins": 0,
                    "mel_fft": ScoringConfig.mel_fft, "mel_hop_ms": ScoringConfig.mel_hop_ms, "kurtosis_bands": 0,
                    "kurtosis_fft": ScoringConfig.kurtosis_fft, "kurtosis_hop_ms": ScoringConfig.kurtosis_hop_ms,
-                   "finetune": {"steps": 0, "part": "transformer"}, "learned_layers": [], "learned_rhythm_layer": ""}
+                   "finetune": {"steps": 0, "part": "transformer"}, "learned_layers": [], "learned_rhythm_layer": "",
+                   "learned_fine_rhythm_layer": "", "learned_kurtosis_layers": []}
 
 
 @dataclass
@@ -267,7 +292,7 @@ def make_frontend(model: Wav2Vec2ForPreTraining, cfg: ScoringConfig,
                            kurtosis_bands=cfg.kurtosis_bands, kurtosis_fft=cfg.kurtosis_fft,
                            kurtosis_hop_ms=cfg.kurtosis_hop_ms, learned="learned" in cfg.scorers, embedder=embedder,
                            learned_layers=tuple(cfg.learned_layers),
-                           learned_rhythm=cfg.learned_rhythm(model.wav2vec2))
+                           learned_extras=cfg.learned_extras(model.wav2vec2))
 
 
 def entry_key(machine: str, machine_id: str) -> str:
@@ -414,7 +439,7 @@ def embedder_skeleton(meta: ScoringMeta) -> Embedder | None:
         return None
     w2v = Wav2Vec2Model(meta.pretrain.model)
     if cfg.finetune.part == "conv":
-        return ConvEmbedder(w2v, cfg.learned_conv_layers(), cfg.finetune.embedding_dim, rhythm=cfg.learned_rhythm(w2v))
+        return ConvEmbedder(w2v, cfg.learned_conv_layers(), cfg.finetune.embedding_dim, extras=cfg.learned_extras(w2v))
     return AnomalyEmbedder(w2v, cfg.finetune.embedding_dim)
 
 
