@@ -51,6 +51,7 @@ from aiot_w2v2.anomaly.scoring_model import ScoringConfig, make_frontend
 from aiot_w2v2.checkpoint import load_pretrained
 
 FOLDS = 4
+SESSION12 = "learned + rhythm of block 0 + log kurtosis of block 0"  # the `learned` default since session 12
 
 
 def extract(model: str, suite_dir: Path, out: Path, frame_ms: float) -> None:
@@ -218,7 +219,7 @@ def extra_rules(d: dict[str, np.ndarray], learned: np.ndarray, maha: Callable[..
     out["learned + rhythm of block 0 (5 ms frames, lags 5-80 ms)"] = maha(np.concatenate([learned, fine], 1))
     out["learned + rhythm of block 0 (lags 5-80 ms, powers of 2)"] = maha(
         np.concatenate([learned, rhythm(d["f5"], lags=(1, 2, 4, 8, 16))], 1))
-    out["learned + rhythm of block 0 + log kurtosis of block 0"] = maha(np.concatenate([learned, fine, kurt0], 1))
+    out[SESSION12] = maha(np.concatenate([learned, fine, kurt0], 1))
     return out
 
 
@@ -296,6 +297,10 @@ def score(path: Path, verbose: bool, only: list[str] | None) -> pd.DataFrame:
     for label, w in (("fusion: mean z (the ensemble column)", 1.0), ("fusion: z spectral + 0.35 z learned", 0.35)):
         fused = [auc_pauc(y, zs(o1, s1) + w * zs(o2, s2)) for (o1, s1, y), (o2, s2, _) in zip(spec, lrn, strict=True)]
         rows.append((label, *summary(fused), 0.0))
+    if SESSION12 in kept:
+        fused = [auc_pauc(y, zs(o1, s1) + zs(o2, s2)) for (o1, s1, y), (o2, s2, _) in zip(spec, kept[SESSION12],
+                                                                                          strict=True)]
+        rows.append(("fusion: mean z with the session-12 learned", *summary(fused), 0.0))
     best = [max(auc_pauc(y, s1), auc_pauc(y, s2)) for (_, s1, y), (_, s2, _) in zip(spec, lrn, strict=True)]
     rows.append(("oracle: the better branch per section (reads labels)", *summary(best), 0.0))
     df = pd.DataFrame(rows, columns=["rule", "AUC", "pAUC", "per-section AUC", "s"])
