@@ -20,8 +20,8 @@ training windows only, scores the test clips (a clip's score is the mean over it
         --suite-dir runs/suites/dev runs/probe/dev.npz
 
 `spectral` and `learned` (the session-11 default: pooled blocks 0 + 2 and the rhythm of block 2) reproduce
-`evaluate`'s columns of the same model; the session-12 default (+ the rhythm of block 0 in 5 ms frames and
-the log kurtosis of block 0) is the rule "learned + rhythm of block 0 + log kurtosis of block 0". Fusion rules z-score
+`evaluate`'s columns of the same model; the session-12 default (+ the rhythm of block 0 in 5 ms frames) is
+the rule `SESSION12`. Fusion rules z-score
 each branch on cross-fitted (4 folds of training clips) normal scores, as `fit` calibrates the ensemble;
 `oracle` picks per section the branch with the higher test AUC: it reads the labels, so it is not a
 scorer but the ceiling of any rule that chooses one branch per section. Rules are chosen on the dev
@@ -51,7 +51,7 @@ from aiot_w2v2.anomaly.scoring_model import ScoringConfig, make_frontend
 from aiot_w2v2.checkpoint import load_pretrained
 
 FOLDS = 4
-SESSION12 = "learned + rhythm of block 0 + log kurtosis of block 0"  # the `learned` default since session 12
+SESSION12 = "learned + rhythm of block 0 (5 ms frames, lags 5-80 ms)"  # the `learned` default since session 12
 
 
 def extract(model: str, suite_dir: Path, out: Path, frame_ms: float) -> None:
@@ -216,10 +216,10 @@ def extra_rules(d: dict[str, np.ndarray], learned: np.ndarray, maha: Callable[..
     fine = rhythm(d["f5"], lags=(1, 2, 3, 4, 6, 8, 12, 16))  # 5 ms frames: lags 5-80 ms
     kurt0 = hos[:, 1, 0]
     out["learned + log kurtosis of block 0"] = maha(np.concatenate([learned, kurt0], 1))
-    out["learned + rhythm of block 0 (5 ms frames, lags 5-80 ms)"] = maha(np.concatenate([learned, fine], 1))
+    out[SESSION12] = maha(np.concatenate([learned, fine], 1))
     out["learned + rhythm of block 0 (lags 5-80 ms, powers of 2)"] = maha(
         np.concatenate([learned, rhythm(d["f5"], lags=(1, 2, 4, 8, 16))], 1))
-    out[SESSION12] = maha(np.concatenate([learned, fine, kurt0], 1))
+    out["learned + rhythm of block 0 + log kurtosis of block 0"] = maha(np.concatenate([learned, fine, kurt0], 1))
     return out
 
 
