@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
 from aiot_w2v2.anomaly.clips import clip_windows
-from aiot_w2v2.anomaly.embedder import Rhythm, conv_block_step, time_stats
+from aiot_w2v2.anomaly.embedder import Rhythm, conv_block_step, log_kurtosis, time_stats
 from aiot_w2v2.anomaly.fit import resolve_checkpoint
 from aiot_w2v2.anomaly.metrics import auc_pauc
 from aiot_w2v2.anomaly.scoring_model import ScoringConfig, make_frontend
@@ -120,7 +120,7 @@ def extract_extra(model: str, suite_dir: Path, out: Path) -> None:
                 o = x if time_major else x.transpose(1, 2)  # (B, T, C)
                 sd = o.std(1, keepdim=True) + 1e-6
                 z = (o - o.mean(1, keepdim=True)) / sd
-                stats.append(torch.stack([(z**3).mean(1), torch.log((z**4).mean(1)),
+                stats.append(torch.stack([(z**3).mean(1), log_kurtosis(x, time_major),
                                           torch.topk(o, max(1, o.shape[1] // 100), dim=1).values.mean(1),
                                           torch.log(sd[:, 0]), torch.log((o[:, 1:] - o[:, :-1]).std(1) + 1e-6)], 1))
                 if i == 0:
@@ -294,13 +294,12 @@ def score(path: Path, verbose: bool, only: list[str] | None) -> pd.DataFrame:
         rows.append((name, auc, pauc, per, time.time() - t0))
     zs = lambda oof, s: (s - oof.mean()) / (oof.std() + 1e-12)  # noqa: E731
     spec, lrn = kept["spectral"], kept["learned"]
-    for label, w in (("fusion: mean z (the ensemble column)", 1.0), ("fusion: z spectral + 0.35 z learned", 0.35)):
-        fused = [auc_pauc(y, zs(o1, s1) + w * zs(o2, s2)) for (o1, s1, y), (o2, s2, _) in zip(spec, lrn, strict=True)]
-        rows.append((label, *summary(fused), 0.0))
+    fusions = [("fusion: mean z (the ensemble column)", lrn, 1.0), ("fusion: z spectral + 0.35 z learned", lrn, 0.35)]
     if SESSION12 in kept:
-        fused = [auc_pauc(y, zs(o1, s1) + zs(o2, s2)) for (o1, s1, y), (o2, s2, _) in zip(spec, kept[SESSION12],
-                                                                                          strict=True)]
-        rows.append(("fusion: mean z with the session-12 learned", *summary(fused), 0.0))
+        fusions.append(("fusion: mean z with the session-12 learned", kept[SESSION12], 1.0))
+    for label, other, w in fusions:
+        fused = [auc_pauc(y, zs(o1, s1) + w * zs(o2, s2)) for (o1, s1, y), (o2, s2, _) in zip(spec, other, strict=True)]
+        rows.append((label, *summary(fused), 0.0))
     best = [max(auc_pauc(y, s1), auc_pauc(y, s2)) for (_, s1, y), (_, s2, _) in zip(spec, lrn, strict=True)]
     rows.append(("oracle: the better branch per section (reads labels)", *summary(best), 0.0))
     df = pd.DataFrame(rows, columns=["rule", "AUC", "pAUC", "per-section AUC", "s"])
