@@ -7,7 +7,11 @@ overrides) and `evaluate`, and once per suite the DCASE 2020 autoencoder baselin
 output is cached under OUT and reused when it exists (`--force` redoes the fits and evaluations).
 It prints and writes OUT/table.md + OUT/table.csv: rows = models (+ the AE), columns = each scorer's
 mean AUC / pAUC per suite (the decision scorer marked *), and the decision scorer's AUC per domain
-(source / target), with the held-out suite in its own columns.
+(source / target), with the held-out suite in its own columns. Per model and suite it also writes
+OUT/families_<suites>.md (the decision scorer per generator family) and OUT/faults_<model>_<suite>.md:
+the decision scorer, `spectral`, `learned` and `ensemble` per fault kind (that kind's anomalies against
+all normal test clips of a section, averaged over the sections with it), i.e. which fault mechanisms
+each branch catches.
 
 `--curve RUN` adds a learning curve: every `RUN/ckpt_<step>` (copied aside by
 `benchmarks/keep_checkpoints.sh`; `--curve-every` thins them) and a random model at step 0, written
@@ -44,6 +48,9 @@ from aiot_w2v2.model.wav2vec2 import Wav2Vec2ForPreTraining
 from aiot_w2v2.synth_suite import generate_suite
 
 SUITES = ("dev", "heldout")
+
+
+FAULT_SCORERS = ("spectral", "learned", "ensemble")  # the branches of the per-fault table (beside the decision)
 
 
 def random_checkpoint(preset: str, out: Path) -> Path:
@@ -121,6 +128,28 @@ def by_family(report: Path, suite_dir: Path, scorer: str) -> dict[str, float]:
     return {f: float(np.mean(v)) for f, v in sorted(per.items())}
 
 
+def by_fault(report: Path, suite_dir: Path, scorers: list[str]) -> pd.DataFrame:
+    """AUC of each scorer per fault kind: a section's anomalies of that kind against all its normal test
+    clips, averaged over the sections that have the kind; index "<fault> (n sections)". It shows which
+    fault mechanisms each branch catches (and whether fusing them can help: only where they differ)."""
+    meta = pd.read_csv(suite_dir / "metadata.csv")
+    fault = {str((suite_dir / p).resolve()): f for p, f in zip(meta["path"], meta["fault"].fillna(""), strict=True)}
+    scores = pd.read_csv(report / "scores.csv")
+    scores = scores[scores["scorer"].isin(scorers)].copy()
+    scores["fault"] = [fault.get(str(Path(p).resolve()), "") for p in scores["path"]]
+    per: dict[tuple[str, str], list[float]] = {}
+    for (scorer, _, _), g in scores.groupby(["scorer", "machine", "machine_id"]):
+        normal = g[g["label"] == "normal"]
+        for kind, a in g[g["label"] == "anomaly"].groupby("fault"):
+            y = np.r_[np.zeros(len(normal)), np.ones(len(a))]
+            per.setdefault((str(kind), str(scorer)), []).append(
+                auc_pauc(y, np.r_[normal["score"].to_numpy(), a["score"].to_numpy()])[0])
+    kinds = sorted({k for k, _ in per})
+    n = {k: len(per[(k, scorers[0])]) if (k, scorers[0]) in per else 0 for k in kinds}
+    return pd.DataFrame({s: [np.mean(per[(k, s)]) if (k, s) in per else np.nan for k in kinds] for s in scorers},
+                        index=[f"{k} ({n[k]})" for k in kinds])
+
+
 def decision_scorer(report: Path) -> str | None:
     meta = report.parent / "model" / "scoring.json"
     return json.loads(meta.read_text()).get("config", {}).get("decision_scorer") if meta.is_file() else None
@@ -154,8 +183,8 @@ def table(rows: dict[str, dict[str, dict[tuple[str, str], float]]], decisions: d
     return df.loc[:, (df != "").any(axis=0)]
 
 
-def to_markdown(df: pd.DataFrame) -> str:
-    cols = ["model", *df.columns]
+def to_markdown(df: pd.DataFrame, first: str = "model") -> str:
+    cols = [first, *df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join([str(i), *map(str, r)]) + " |" for i, r in zip(df.index, df.values, strict=True)]
     return "\n".join(lines)
@@ -207,6 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         fam_md = to_markdown(pd.DataFrame(families).T.map(fmt))
         (out / f"families_{'_'.join(suites)}.md").write_text(fam_md + "\n")
         print("decision scorer's AUC per generator family:\n" + fam_md)
+    for label, _ in models:
+        for suite in suites:
+            if not decisions.get(label):
+                continue
+            branches = list(dict.fromkeys([str(decisions[label]), *FAULT_SCORERS]))
+            faults = by_fault(out / label / suite / "report", suite_dirs[suite], branches)
+            if len(faults):
+                md = to_markdown(faults.map(fmt), first="fault kind (sections)")
+                (out / f"faults_{label}_{suite}.md").write_text(md + "\n")
+                print(f"{label} ({suite}): AUC per fault kind, its anomalies vs all normal clips:\n{md}")
     if not args.no_ae:
         for suite in suites:
             rows.setdefault("AE baseline", {})[suite] = summarise(run_ae(suite_dirs[suite], suite, out),
