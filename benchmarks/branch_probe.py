@@ -19,6 +19,12 @@ training windows only, scores the test clips (a clip's score is the mean over it
     python benchmarks/branch_probe.py extract-extra --model runs/pretrain_s9/ckpt_7000 \
         --suite-dir runs/suites/dev runs/probe/dev.npz
 
+`extract-frames` keeps every 20 ms frame of Transformer layers 0 and 4 and of the latent features (session
+13's frame-level rules; about 700 MB per suite):
+
+    python benchmarks/branch_probe.py extract-frames --model runs/pretrain_s9/ckpt_7000 \
+        --suite-dir runs/suites/dev runs/probe/dev.npz
+
 `spectral` and `learned` (the session-11 default: pooled blocks 0 + 2 and the rhythm of block 2) reproduce
 `evaluate`'s columns of the same model; the session-12 default (+ the rhythm of block 0 in 5 ms frames) is
 the rule `SESSION12` (session 13 adds variants of its channel groups and lags). Fusion rules z-score
@@ -134,8 +140,38 @@ def extract_extra(model: str, suite_dir: Path, out: Path) -> None:
     np.savez(out, hos=np.concatenate(hos), f5=np.concatenate(f5))
 
 
+def extract_frames(model: str, suite_dir: Path, out: Path) -> None:
+    """Session 13: per window in the order of `extract`, every 20 ms frame of Transformer layers 0 and 4 and
+    of the latent features (the last conv block's output), float16 (`h0`, `h4`, `feats`: W x T x C)."""
+    cfg = ScoringConfig(scorers=("mahalanobis",), ensemble=()).validate()
+    pre = load_pretrained(resolve_checkpoint(model)).eval()
+    frontend = make_frontend(pre, cfg).eval()
+    w2v = pre.wav2vec2
+    blocks = w2v.feature_extractor.blocks
+    time_major = blocks[0].time_major
+    meta = pd.read_csv(suite_dir / "metadata.csv")
+    win, hop = int(cfg.window_seconds * 16000), int(cfg.hop_seconds * 16000)
+    kept: dict[str, list[np.ndarray]] = {"h0": [], "h4": [], "feats": []}
+    for path in meta["path"]:
+        w = torch.from_numpy(clip_windows(suite_dir / path, win, hop, frontend.min_samples))
+        with torch.no_grad():
+            x = w[:, :, None] if time_major else w[:, None, :]
+            for block in blocks:
+                x, _ = conv_block_step(block, x, time_major)
+            feats = x if time_major else x.transpose(1, 2)
+            h = w2v.layer_norm(feats)
+            states = w2v.encoder(w2v.post_extract_proj(h) if w2v.post_extract_proj is not None else h, None)
+        for key, v in (("h0", states[0]), ("h4", states[4]), ("feats", feats)):
+            kept[key].append(v.numpy().astype(np.float16))
+    np.savez(out, **{k: np.concatenate(v) for k, v in kept.items()})
+
+
 def extra_path(npz: Path) -> Path:
     return npz.with_name(npz.stem + "_extra.npz")
+
+
+def frames_path(npz: Path) -> Path:
+    return npz.with_name(npz.stem + "_frames.npz")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,11 +206,16 @@ def rhythm(frames: np.ndarray, lags: tuple[int, ...] = (1, 2, 4, 8, 16, 32), gro
     return Rhythm(block=0, pool=1, lags=lags, groups=groups)(x, time_major=True).numpy()
 
 
-def frame_gauss(frames: np.ndarray, tr: np.ndarray, te: np.ndarray, top: float = 0.1) -> np.ndarray:
-    """One Gaussian over every training frame; a window's score = mean of its `top` worst frame distances."""
+def frame_gauss(frames: np.ndarray, tr: np.ndarray, te: np.ndarray, top: float = 0.1, fit_frames: int = 0
+                ) -> np.ndarray:
+    """One Gaussian over every training frame (a random `fit_frames` of them if > 0); a window's score = mean
+    of its `top` worst frame distances."""
     C = frames.shape[2]
     T = frames.shape[1]
-    d = mahalanobis(frames[tr].reshape(-1, C), frames[te].reshape(-1, C), None, True).reshape(len(te), T)
+    train = frames[tr].reshape(-1, C).astype(np.float32)
+    if 0 < fit_frames < len(train):
+        train = train[np.random.default_rng(0).choice(len(train), fit_frames, replace=False)]
+    d = mahalanobis(train, frames[te].reshape(-1, C).astype(np.float32), None, True).reshape(len(te), T)
     return np.sort(d, 1)[:, -max(1, int(T * top)):].mean(1)
 
 
@@ -223,6 +264,8 @@ def extra_rules(d: dict[str, np.ndarray], learned: np.ndarray, maha: Callable[..
     out["learned + rhythm of block 0 (lags 5-80 ms, powers of 2)"] = maha(
         np.concatenate([learned, rhythm(d["f5"], lags=(1, 2, 4, 8, 16))], 1))
     out["learned + rhythm of block 0 + log kurtosis of block 0"] = maha(np.concatenate([learned, fine, kurt0], 1))
+    for i in (0, 1, 4):  # session 13: the context network beside it
+        out[f"{SESSION12} + transformer layer {i}"] = maha(np.concatenate([learned, fine, d["hidden"][:, i]], 1))
     for groups, lags, label in ((8, (1, 2, 3, 4, 6, 8, 12, 16), "8 groups"),  # session 13: its channel groups and lags
                                 (4, (1, 2, 3, 4, 6, 8, 12, 16, 24, 32), "lags 5-160 ms"),
                                 (8, (1, 2, 3, 4, 6, 8, 12, 16, 24, 32), "8 groups, lags 5-160 ms")):
@@ -253,8 +296,15 @@ def rules(d: dict[str, np.ndarray]) -> dict[str, Rule]:
     for name, x, sh, st in (("spectral", spec, 1e-3, False), ("learned", now, None, True)):
         out[f"{name}, min over the domain means"] = domain_mahalanobis(x, d["domain"], sh, st, False)
         out[f"{name}, source Gaussian or nearest target window"] = domain_mahalanobis(x, d["domain"], sh, st, True)
+    for sh, st in ((1e-4, False), (1e-2, False), (0.05, False), (0.2, False), (None, False), (1e-3, True),
+                   (None, True)):  # session 13: `spectral`'s covariance
+        out[f"spectral, shrinkage {sh or 'Ledoit-Wolf'}{', standardised' if st else ''}"] = maha(spec, sh, st)
     if "hos" in d:
         out |= extra_rules(d, now, maha)
+    for key in ("h0", "h4", "feats") if "feats" in d else ():  # session 13: every 20 ms frame (`extract-frames`)
+        for top in (1.0, 0.1):
+            out[f"frame Gaussian {key} (top {top:.0%})"] = (
+                lambda tr, te, x=d[key], q=top: frame_gauss(x, tr, te, q, fit_frames=8000))
     return out
 
 
@@ -308,8 +358,9 @@ def score(path: Path, verbose: bool, only: list[str] | None) -> pd.DataFrame:
     meta = pd.read_csv(io.StringIO(str(z["meta"])))
     domains = meta["domain"].astype(str).values if "domain" in meta else np.full(len(meta), "source")
     d["domain"] = domains[d["owner"]]
-    if extra_path(path).exists():
-        d |= dict(np.load(extra_path(path)))
+    for extra in (extra_path(path), frames_path(path)):
+        if extra.exists():
+            d |= dict(np.load(extra))
     rows, kept = [], {}
     for name, rule in rules(d).items():
         if only and name not in only and name not in ("spectral", "learned"):
@@ -357,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--model", required=True, help="the model NPZ was extracted with")
     x.add_argument("--suite-dir", required=True, type=Path, help="the suite NPZ was extracted from")
     x.add_argument("npz", type=Path, help="an `extract` output; writes NPZ_extra.npz next to it")
+    f = sub.add_parser("extract-frames", help="session 13's 20 ms frames of the Transformer, beside NPZ")
+    f.add_argument("--model", required=True, help="the model NPZ was extracted with")
+    f.add_argument("--suite-dir", required=True, type=Path, help="the suite NPZ was extracted from")
+    f.add_argument("npz", type=Path, help="an `extract` output; writes NPZ_frames.npz next to it")
     s = sub.add_parser("score", help="score every rule on an extracted suite")
     s.add_argument("npz", type=Path)
     s.add_argument("-v", "--verbose", action="store_true", help="also print each section's AUC")
@@ -366,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         extract(args.model, args.suite_dir, args.out, args.frame_ms)
     elif args.cmd == "extract-extra":
         extract_extra(args.model, args.suite_dir, extra_path(args.npz))
+    elif args.cmd == "extract-frames":
+        extract_frames(args.model, args.suite_dir, frames_path(args.npz))
     else:
         with pd.option_context("display.max_colwidth", 80, "display.width", 200):
             print(score(args.npz, args.verbose, args.rule).to_string(index=False, float_format="%.3f"))
