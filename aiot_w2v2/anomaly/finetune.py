@@ -60,9 +60,8 @@ class AnomalyFinetuneConfig:
     # part "transformer" scored learned 0.53-0.56 mean AUC on the dev suite from update 2000 (the pooled
     # pretrained conv blocks 0.744) and 0.646 (0.659 with rank-8 adapters) from update 20000 (conv `learned`
     # 0.811, the pretrained Transformer's pooled layer 0 0.704); part "conv" adds +0.02 (dev) / +0.014
-    # (held-out) to learned after a short pretraining, nothing
-    # after a longer one, never to the decision scorer, for most of the fit's time (benchmarks/RESULTS.md,
-    # "Generalisation", issue 12).
+    # (held-out) to learned after a short pretraining, nothing after a longer one, never to the decision
+    # scorer, for most of the fit's time (benchmarks/RESULTS.md, "Generalisation", issue 12).
     steps: int = 0
     # what trains: "transformer" (a copy of the Transformer + projection, `AnomalyEmbedder`) or "conv" (a copy
     # of the conv blocks `learned_layers` names, read through their pooled statistics, `ConvEmbedder`)
