@@ -63,22 +63,48 @@ FOLDS = 4
 SESSION12 = "learned + rhythm of block 0 (5 ms frames, lags 5-80 ms)"  # the `learned` default since session 12
 
 
-def extract(model: str, suite_dir: Path, out: Path, frame_ms: float) -> None:
+class Probe(NamedTuple):
+    """A model opened for extraction: `fit`'s default frontend over it and the suite's clips."""
+    w2v: torch.nn.Module  # the wav2vec 2.0 model (feature encoder + Transformer)
+    cfg: ScoringConfig
+    frontend: torch.nn.Module
+    meta: pd.DataFrame
+    time_major: bool
+
+    @property
+    def blocks(self) -> torch.nn.ModuleList:
+        return self.w2v.feature_extractor.blocks
+
+    def windows(self, suite_dir: Path):
+        """(clip index, its 2 s scoring windows (W, S) as `fit` cuts them), clip by clip."""
+        win, hop = int(self.cfg.window_seconds * 16000), int(self.cfg.hop_seconds * 16000)
+        for k, path in enumerate(self.meta["path"]):
+            yield k, torch.from_numpy(clip_windows(suite_dir / path, win, hop, self.frontend.min_samples))
+
+    def transformer(self, feats: torch.Tensor) -> list[torch.Tensor]:
+        """The latent features (B, T, C) -> every Transformer layer's output."""
+        h = self.w2v.layer_norm(feats)
+        return self.w2v.encoder(self.w2v.post_extract_proj(h) if self.w2v.post_extract_proj is not None else h, None)
+
+
+def open_probe(model: str, suite_dir: Path) -> Probe:
     cfg = ScoringConfig(scorers=("mahalanobis",), ensemble=()).validate()
     pre = load_pretrained(resolve_checkpoint(model)).eval()
     frontend = make_frontend(pre, cfg).eval()
     w2v = pre.wav2vec2
-    blocks = w2v.feature_extractor.blocks
-    time_major = blocks[0].time_major
     meta = pd.read_csv(suite_dir / "metadata.csv")
-    win, hop = int(cfg.window_seconds * 16000), int(cfg.hop_seconds * 16000)
+    return Probe(w2v, cfg, frontend, meta, w2v.feature_extractor.blocks[0].time_major)
+
+
+def extract(model: str, suite_dir: Path, out: Path, frame_ms: float) -> None:
+    probe = open_probe(model, suite_dir)
+    blocks, time_major, meta = probe.blocks, probe.time_major, probe.meta
     spec, pooled, hidden, owner = [], [], [], []
     frames: list[list[np.ndarray]] = [[] for _ in blocks]
     t0 = time.time()
-    for k, path in enumerate(meta["path"]):
-        w = torch.from_numpy(clip_windows(suite_dir / path, win, hop, frontend.min_samples))
+    for k, w in probe.windows(suite_dir):
         with torch.no_grad():
-            spec.append(frontend(w).embedding.numpy())
+            spec.append(probe.frontend(w).embedding.numpy())
             x = w[:, :, None] if time_major else w[:, None, :]
             stats, stride = [], 1
             for i, block in enumerate(blocks):
@@ -88,10 +114,7 @@ def extract(model: str, suite_dir: Path, out: Path, frame_ms: float) -> None:
                 channels_first = x.transpose(1, 2) if time_major else x  # (B, C, T)
                 pool = max(1, round(frame_ms * 16 / stride))
                 frames[i].append(F.avg_pool1d(channels_first, pool, pool).transpose(1, 2).numpy().astype(np.float16))
-            feats = x if time_major else x.transpose(1, 2)  # (B, T, C)
-            h = w2v.layer_norm(feats)
-            h = w2v.post_extract_proj(h) if w2v.post_extract_proj is not None else h
-            states = w2v.encoder(h, None)
+            states = probe.transformer(x if time_major else x.transpose(1, 2))
             hidden.append(np.stack([torch.cat([s.mean(1), s.std(1)], 1).numpy() for s in states], 1))
         pooled.append(np.stack(stats, 1))  # (W, blocks, 2C)
         owner += [k] * w.shape[0]
@@ -111,16 +134,10 @@ def extract_extra(model: str, suite_dir: Path, out: Path) -> None:
     """Session 12's extra pooled statistics, per window in the same order as `extract`: per channel of conv
     blocks 0-3 the skewness, log kurtosis, mean of the top 1 % of frames, log std and log std of the first
     difference over time (`hos`: W x 5 x 4 x C), and block 0 averaged in 5 ms frames (`f5`)."""
-    cfg = ScoringConfig(scorers=("mahalanobis",), ensemble=()).validate()
-    pre = load_pretrained(resolve_checkpoint(model)).eval()
-    frontend = make_frontend(pre, cfg).eval()
-    blocks = pre.wav2vec2.feature_extractor.blocks
-    time_major = blocks[0].time_major
-    meta = pd.read_csv(suite_dir / "metadata.csv")
-    win, hop = int(cfg.window_seconds * 16000), int(cfg.hop_seconds * 16000)
+    probe = open_probe(model, suite_dir)
+    blocks, time_major, meta = probe.blocks, probe.time_major, probe.meta
     hos, f5 = [], []
-    for k, path in enumerate(meta["path"]):
-        w = torch.from_numpy(clip_windows(suite_dir / path, win, hop, frontend.min_samples))
+    for k, w in probe.windows(suite_dir):
         with torch.no_grad():
             x = w[:, :, None] if time_major else w[:, None, :]
             stats = []
@@ -143,24 +160,15 @@ def extract_extra(model: str, suite_dir: Path, out: Path) -> None:
 def extract_frames(model: str, suite_dir: Path, out: Path) -> None:
     """Session 13: per window in the order of `extract`, every 20 ms frame of Transformer layers 0 and 4 and
     of the latent features (the last conv block's output), float16 (`h0`, `h4`, `feats`: W x T x C)."""
-    cfg = ScoringConfig(scorers=("mahalanobis",), ensemble=()).validate()
-    pre = load_pretrained(resolve_checkpoint(model)).eval()
-    frontend = make_frontend(pre, cfg).eval()
-    w2v = pre.wav2vec2
-    blocks = w2v.feature_extractor.blocks
-    time_major = blocks[0].time_major
-    meta = pd.read_csv(suite_dir / "metadata.csv")
-    win, hop = int(cfg.window_seconds * 16000), int(cfg.hop_seconds * 16000)
+    probe = open_probe(model, suite_dir)
     kept: dict[str, list[np.ndarray]] = {"h0": [], "h4": [], "feats": []}
-    for path in meta["path"]:
-        w = torch.from_numpy(clip_windows(suite_dir / path, win, hop, frontend.min_samples))
+    for _, w in probe.windows(suite_dir):
         with torch.no_grad():
-            x = w[:, :, None] if time_major else w[:, None, :]
-            for block in blocks:
-                x, _ = conv_block_step(block, x, time_major)
-            feats = x if time_major else x.transpose(1, 2)
-            h = w2v.layer_norm(feats)
-            states = w2v.encoder(w2v.post_extract_proj(h) if w2v.post_extract_proj is not None else h, None)
+            x = w[:, :, None] if probe.time_major else w[:, None, :]
+            for block in probe.blocks:
+                x, _ = conv_block_step(block, x, probe.time_major)
+            feats = x if probe.time_major else x.transpose(1, 2)
+            states = probe.transformer(feats)
         for key, v in (("h0", states[0]), ("h4", states[4]), ("feats", feats)):
             kept[key].append(v.numpy().astype(np.float16))
     np.savez(out, **{k: np.concatenate(v) for k, v in kept.items()})
