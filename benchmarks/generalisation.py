@@ -133,6 +133,8 @@ def by_fault(report: Path, suite_dir: Path, scorers: list[str]) -> pd.DataFrame:
     clips, averaged over the sections that have the kind; index "<fault> (n sections)". It shows which
     fault mechanisms each branch catches (and whether fusing them can help: only where they differ)."""
     meta = pd.read_csv(suite_dir / "metadata.csv")
+    if "fault" not in meta.columns:  # a suite written before faults were recorded: no table
+        return pd.DataFrame(columns=scorers)
     fault = {str((suite_dir / p).resolve()): f for p, f in zip(meta["path"], meta["fault"].fillna(""), strict=True)}
     scores = pd.read_csv(report / "scores.csv")
     scores = scores[scores["scorer"].isin(scorers)].copy()

@@ -60,6 +60,13 @@ def test_by_fault_averages_each_kind_over_the_sections_that_have_it(tmp_path: Pa
     assert md.splitlines()[0] == "| fault kind (sections) | spectral | learned |"
 
 
+def test_by_fault_is_empty_without_fault_labels(tmp_path: Path) -> None:
+    gen = _load("generalisation")
+    suite, report = _suite_and_report(tmp_path)
+    pd.read_csv(suite / "metadata.csv").drop(columns="fault").to_csv(suite / "metadata.csv", index=False)
+    assert len(gen.by_fault(report, suite, ["spectral"])) == 0
+
+
 def test_per_domain_z_uses_the_target_mean_and_the_source_spread() -> None:
     probe = _load("branch_probe")
     sec = probe.Section(oof=np.array([0.0, 2.0, 0.0, 2.0, 10.0]), test=np.array([11.0, 3.0]), y=np.array([0, 1]),
