@@ -297,7 +297,7 @@ def rules(d: dict[str, np.ndarray]) -> dict[str, Rule]:
     out["learned + slow std block 2"] = maha(np.concatenate([learned, rhythm(d["frames2"]), slow2], 1))
     out["blocks 0+2 + rhythm block 6"] = maha(np.concatenate([learned, rhythm(d["frames6"])], 1))
     out |= {f"transformer layer {i}": maha(hidden[:, i]) for i in range(hidden.shape[1])}
-    out["frame Gaussian block 2 (top 10%)"] = lambda tr, te: frame_gauss(d["frames2"].astype(np.float32), tr, te)
+    out["frame Gaussian block 2 (top 10%)"] = lambda tr, te: frame_gauss(d["frames2"], tr, te)
     out["blocks 0+2 kNN (k=1)"] = lambda tr, te: knn(learned[tr], learned[te], 1)
     out["joint Gaussian spectral + blocks 0+2"] = maha(np.concatenate([spec, learned], 1), 0.05)
     now = np.concatenate([learned, rhythm(d["frames2"])], 1)  # the `learned` default (session 11)
@@ -314,6 +314,11 @@ def rules(d: dict[str, np.ndarray]) -> dict[str, Rule]:
             out[f"frame Gaussian {key} (top {top:.0%})"] = (
                 lambda tr, te, x=d[key], q=top: frame_gauss(x, tr, te, q, fit_frames=8000))
     return out
+
+
+def clip_domains(meta: pd.DataFrame) -> np.ndarray:
+    """Each clip's DCASE domain ("source" for a suite without domains)."""
+    return meta["domain"].astype(str).values if "domain" in meta else np.full(len(meta), "source")
 
 
 class Section(NamedTuple):
@@ -334,12 +339,11 @@ def section_scores(d: dict[str, np.ndarray], meta: pd.DataFrame, rule: Rule, rng
         wte = windows(te)
         return pd.Series(rule(windows(tr), wte)).groupby(owner[wte]).mean()
 
-    out = []
+    out, dom = [], clip_domains(meta)
     for _, g in meta.groupby(["machine", "machine_id"]):
         tr, te = g.index[g.split == "train"].values, g.index[g.split == "test"].values
         oof = pd.concat([clip_mean(np.setdiff1d(tr, f), f) for f in np.array_split(rng.permutation(tr), FOLDS)])
         test = clip_mean(tr, te)
-        dom = meta["domain"].astype(str).values if "domain" in meta else np.full(len(meta), "source")
         out.append(Section(oof.values, test.values, (meta.loc[test.index, "label"] == "anomaly").astype(int).values,
                            dom[oof.index], dom[test.index]))
     return out
@@ -355,6 +359,18 @@ def per_domain_z(sec: Section) -> np.ndarray:
     return (sec.test - mean) / (src.std() + 1e-12)
 
 
+def mean_z(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
+    return a + w * b
+
+
+def fusion(first: list[Section], second: list[Section], w: float = 1.0,
+           fuse: Callable[[np.ndarray, np.ndarray, float], np.ndarray] = mean_z) -> list[tuple[float, float]]:
+    """Per section, (AUC, pAUC) of `fuse` of the two branches' test scores, each z-scored on its own
+    cross-fitted normal scores (as `fit` calibrates the ensemble)."""
+    zs = lambda sec: (sec.test - sec.oof.mean()) / (sec.oof.std() + 1e-12)  # noqa: E731
+    return [auc_pauc(a.y, fuse(zs(a), zs(b), w)) for a, b in zip(first, second, strict=True)]
+
+
 def summary(per_section: list[np.ndarray]) -> tuple[float, float, np.ndarray]:
     r = np.array(per_section)  # (sections, 2)
     return float(r[:, 0].mean()), float(r[:, 1].mean()), r[:, 0]
@@ -364,8 +380,7 @@ def score(path: Path, verbose: bool, only: list[str] | None) -> pd.DataFrame:
     z = np.load(path)
     d = {k: z[k] for k in z.files if k != "meta"}
     meta = pd.read_csv(io.StringIO(str(z["meta"])))
-    domains = meta["domain"].astype(str).values if "domain" in meta else np.full(len(meta), "source")
-    d["domain"] = domains[d["owner"]]
+    d["domain"] = clip_domains(meta)[d["owner"]]
     for extra in (extra_path(path), frames_path(path)):
         if extra.exists():
             d |= dict(np.load(extra))
@@ -377,9 +392,7 @@ def score(path: Path, verbose: bool, only: list[str] | None) -> pd.DataFrame:
         kept[name] = section_scores(d, meta, rule, np.random.default_rng(0))
         auc, pauc, per = summary([auc_pauc(sec.y, sec.test) for sec in kept[name]])
         rows.append((name, auc, pauc, per, time.time() - t0))
-    zs = lambda oof, s: (s - oof.mean()) / (oof.std() + 1e-12)  # noqa: E731
     spec, lrn = kept["spectral"], kept["learned"]
-    mean_z = lambda a, b, w: a + w * b  # noqa: E731
     fusions = [("fusion: mean z (the ensemble column)", lrn, 1.0, mean_z),
                ("fusion: z spectral + 0.35 z learned", lrn, 0.35, mean_z)]
     if SESSION12 in kept:
@@ -388,8 +401,7 @@ def score(path: Path, verbose: bool, only: list[str] | None) -> pd.DataFrame:
                      lambda a, b, w: a + w * np.maximum(b, 0.0)),
                     ("fusion: max of the two z", kept[SESSION12], 1.0, lambda a, b, w: np.maximum(a, w * b))]
     for label, other, w, fuse in fusions:
-        fused = [auc_pauc(a.y, fuse(zs(a.oof, a.test), zs(b.oof, b.test), w)) for a, b in zip(spec, other, strict=True)]
-        rows.append((label, *summary(fused), 0.0))
+        rows.append((label, *summary(fusion(spec, other, w, fuse)), 0.0))
     for name in ("spectral", SESSION12):
         if name in kept:
             rows.append((f"{name}, z per domain (reads test domains: a bound)",
@@ -412,14 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--suite-dir", required=True, type=Path, help="a generalisation suite (metadata.csv + clips)")
     e.add_argument("--out", required=True, type=Path, help="the .npz to write")
     e.add_argument("--frame-ms", type=float, default=20.0, help="frame length of the stored block outputs")
-    x = sub.add_parser("extract-extra", help="session 12's extra statistics of conv blocks 0-3, beside NPZ")
-    x.add_argument("--model", required=True, help="the model NPZ was extracted with")
-    x.add_argument("--suite-dir", required=True, type=Path, help="the suite NPZ was extracted from")
-    x.add_argument("npz", type=Path, help="an `extract` output; writes NPZ_extra.npz next to it")
-    f = sub.add_parser("extract-frames", help="session 13's 20 ms frames of the Transformer, beside NPZ")
-    f.add_argument("--model", required=True, help="the model NPZ was extracted with")
-    f.add_argument("--suite-dir", required=True, type=Path, help="the suite NPZ was extracted from")
-    f.add_argument("npz", type=Path, help="an `extract` output; writes NPZ_frames.npz next to it")
+    for name, what, suffix in (("extract-extra", "session 12's extra statistics of conv blocks 0-3", "extra"),
+                               ("extract-frames", "session 13's 20 ms frames of the Transformer", "frames")):
+        x = sub.add_parser(name, help=f"{what}, beside NPZ")
+        x.add_argument("--model", required=True, help="the model NPZ was extracted with")
+        x.add_argument("--suite-dir", required=True, type=Path, help="the suite NPZ was extracted from")
+        x.add_argument("npz", type=Path, help=f"an `extract` output; writes NPZ_{suffix}.npz next to it")
     s = sub.add_parser("score", help="score every rule on an extracted suite")
     s.add_argument("npz", type=Path)
     s.add_argument("-v", "--verbose", action="store_true", help="also print each section's AUC")

@@ -36,7 +36,7 @@ from aiot_w2v2.anomaly.scoring_model import ScoringConfig, make_frontend
 from aiot_w2v2.checkpoint import load_pretrained, read_config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from branch_probe import mahalanobis, section_scores, summary  # noqa: E402
+from branch_probe import fusion, mahalanobis, section_scores, summary  # noqa: E402
 
 
 def corpus_classes(dirs: list[Path]) -> tuple[list[str], list[str]]:
@@ -70,12 +70,9 @@ def score_suite(pre: torch.nn.Module, tuned: ConvEmbedder, suite_dir: Path, cfg:
         sh, st = (1e-3, False) if name == "spectral" else (None, True)
         rule = lambda tr, te, x=x, sh=sh, st=st: mahalanobis(x[tr], x[te], sh, st)  # noqa: E731
         kept[name] = section_scores(d, meta, rule, np.random.default_rng(0))
-        rows.append((name, *summary([auc_pauc(y, s) for _, s, y in kept[name]])))
-    zs = lambda oof, s: (s - oof.mean()) / (oof.std() + 1e-12)  # noqa: E731
+        rows.append((name, *summary([auc_pauc(sec.y, sec.test) for sec in kept[name]])))
     for name in list(feats)[1:]:
-        fused = [auc_pauc(y, zs(o1, s1) + zs(o2, s2))
-                 for (o1, s1, y), (o2, s2, _) in zip(kept["spectral"], kept[name], strict=True)]
-        rows.append((f"fusion: mean z, spectral + {name}", *summary(fused)))
+        rows.append((f"fusion: mean z, spectral + {name}", *summary(fusion(kept["spectral"], kept[name]))))
     df = pd.DataFrame(rows, columns=["rule", "AUC", "pAUC", "per-section AUC"])
     df["per-section AUC"] = df["per-section AUC"].map(lambda a: " ".join(f"{v:.2f}" for v in a))
     return df
@@ -105,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ScoringConfig().validate()
     if args.session11_learned:
         cfg = replace(cfg, learned_fine_rhythm_layer="", learned_kurtosis_layers=()).validate()
-    tuned, _ = finetune_embedder(pre, pcfg, paths, keys, keys, ft, args.out,
-                                          conv_layers=cfg.learned_conv_layers(),
-                                          extras=cfg.learned_extras(pre.wav2vec2), resume=True)
+    tuned, _ = finetune_embedder(pre, pcfg, paths, keys, keys, ft, args.out, conv_layers=cfg.learned_conv_layers(),
+                                 extras=cfg.learned_extras(pre.wav2vec2), resume=True)
     if args.suite_dir is not None:
         with pd.option_context("display.max_colwidth", 80, "display.width", 200):
             print(score_suite(pre, tuned, args.suite_dir, cfg).to_string(index=False, float_format="%.3f"))

@@ -95,6 +95,13 @@ def run_ae(suite_dir: Path, suite: str, out: Path) -> Path:
     return report
 
 
+def suite_column(scores: pd.DataFrame, suite_dir: Path, column: str, missing: object = None) -> list:
+    """The suite's metadata.csv `column` for each row of a report's scores.csv (matched by resolved path)."""
+    meta = pd.read_csv(suite_dir / "metadata.csv")
+    by_path = {str((suite_dir / p).resolve()): v for p, v in zip(meta["path"], meta[column], strict=True)}
+    return [by_path.get(str(Path(p).resolve()), missing) for p in scores["path"]]
+
+
 def summarise(report: Path, suite_dir: Path) -> dict[tuple[str, str], float]:
     """{(scorer, metric): value} over sections, metric in AUC, pAUC, src AUC, tgt AUC."""
     res = pd.read_csv(report / "results.csv")
@@ -105,9 +112,7 @@ def summarise(report: Path, suite_dir: Path) -> dict[tuple[str, str], float]:
         out[(str(scorer), "pAUC")] = float(row["pauc"])
     scores = pd.read_csv(report / "scores.csv")
     if "domain" not in scores.columns or scores["domain"].isna().all():
-        meta = pd.read_csv(suite_dir / "metadata.csv")
-        domain = {str((suite_dir / p).resolve()): d for p, d in zip(meta["path"], meta["domain"], strict=True)}
-        scores["domain"] = [domain.get(str(Path(p).resolve())) for p in scores["path"]]
+        scores["domain"] = suite_column(scores, suite_dir, "domain")
     for (scorer, dom), g in scores.groupby(["scorer", "domain"]):
         per_section = [auc_pauc((s["label"] == "anomaly").astype(int), s["score"])[0]
                        for _, s in g.groupby(["machine", "machine_id"])]
@@ -132,13 +137,11 @@ def by_fault(report: Path, suite_dir: Path, scorers: list[str]) -> pd.DataFrame:
     """AUC of each scorer per fault kind: a section's anomalies of that kind against all its normal test
     clips, averaged over the sections that have the kind; index "<fault> (n sections)". It shows which
     fault mechanisms each branch catches (and whether fusing them can help: only where they differ)."""
-    meta = pd.read_csv(suite_dir / "metadata.csv")
-    if "fault" not in meta.columns:  # a suite written before faults were recorded: no table
+    if "fault" not in pd.read_csv(suite_dir / "metadata.csv", nrows=0).columns:  # written before faults were kept
         return pd.DataFrame(columns=scorers)
-    fault = {str((suite_dir / p).resolve()): f for p, f in zip(meta["path"], meta["fault"].fillna(""), strict=True)}
     scores = pd.read_csv(report / "scores.csv")
     scores = scores[scores["scorer"].isin(scorers)].copy()
-    scores["fault"] = [fault.get(str(Path(p).resolve()), "") for p in scores["path"]]
+    scores["fault"] = pd.Series(suite_column(scores, suite_dir, "fault", ""), index=scores.index).fillna("")
     per: dict[tuple[str, str], list[float]] = {}
     for (scorer, _, _), g in scores.groupby(["scorer", "machine", "machine_id"]):
         normal = g[g["label"] == "normal"]
